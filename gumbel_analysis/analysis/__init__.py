@@ -1,0 +1,1 @@
+"""Analyses behind the supplementary material's figures, one module per figure."""

@@ -1,0 +1,82 @@
+"""Temperature curves of the Gumbel activation (Fig. 1.i) and the clip cut-off error (Sec. 1.3)."""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from gumbel_analysis.analysis.plots import apply_style, save_figure
+from gumbel_analysis.math import check_clip_range, check_temperature, cutoff_error, eta
+
+#: The temperatures of Sec. 1.2.
+PAPER_SIGMAS = (0.8, 0.9, 1.0, 1.1, 1.2)
+
+
+def cutoff_table(sigmas: Sequence[float], low: float, high: float) -> list[dict[str, float]]:
+    """One :func:`gumbel_analysis.math.cutoff_error` row per temperature."""
+    check_clip_range(low, high)
+    if not sigmas:
+        raise ValueError("give at least one temperature")
+    return [cutoff_error(low, high, s) for s in sigmas]
+
+
+def plot_temperature(
+    sigmas: Sequence[float], low: float, high: float, path: str | os.PathLike
+) -> Path:
+    """Fig. 1.i beside the cut-off error.
+
+    Left: ``eta(q; sigma)`` for each temperature and the Sigmoid, the clip range shaded.
+    Right: what a clip at ``q`` discards, in log10: ``1 - eta(q)`` for an upper bound at ``q`` and
+    ``eta(q)`` for a lower bound at ``q``, with the chosen bounds marked.
+    """
+    import matplotlib.pyplot as plt
+
+    for s in sigmas:
+        check_temperature(s)
+    check_clip_range(low, high)
+    apply_style()
+    span = max(abs(low), abs(high), 6.0)
+    q = torch.linspace(-span, span, 801, dtype=torch.float64)
+    fig, (ax_curve, ax_err) = plt.subplots(1, 2, figsize=(11, 4.2))
+    palette = plt.get_cmap("viridis")(np.linspace(0.1, 0.9, len(sigmas)))
+    for color, s in zip(palette, sigmas, strict=True):
+        ax_curve.plot(q, eta(q, s), color=color, lw=1.8, label=f"Gumbel, σ={s:g}")
+    ax_curve.plot(q, torch.sigmoid(q), color="black", ls="--", lw=1.4, label="Sigmoid")
+    ax_curve.axvspan(low, high, color="tab:orange", alpha=0.08, label=f"clip [{low:g}, {high:g}]")
+    ax_curve.set(xlabel="logit q", ylabel="activation", title="Gumbel activation η(q; σ)")
+    ax_curve.set_ylim(-0.02, 1.02)
+    ax_curve.legend(fontsize=8, loc="lower right")
+
+    ln10 = math.log(10.0)
+    for color, s in zip(palette, sigmas, strict=True):
+        a = torch.exp(-q / s)
+        top = torch.log10(-torch.expm1(-a))  # log10(1 - eta): error of an upper clip at q
+        bottom = -a / ln10  # log10(eta): error of a lower clip at q
+        ax_err.plot(q[q > 0], top[q > 0], color=color, lw=1.8, label=f"σ={s:g}")
+        ax_err.plot(q[q < 0], bottom[q < 0], color=color, lw=1.8, ls=":")
+    for bound, err in (
+        (high, cutoff_error(low, high, 1.0)["top_error_log10"]),
+        (low, cutoff_error(low, high, 1.0)["bottom_error_log10"]),
+    ):
+        ax_err.axvline(bound, color="tab:orange", lw=1.0)
+        ax_err.annotate(
+            f"σ=1: 1e{err:.1f}",
+            (bound, err),
+            textcoords="offset points",
+            xytext=(4, 6),
+            fontsize=8,
+            color="tab:orange",
+        )
+    ax_err.set_ylim(-60, 1)
+    ax_err.set(
+        xlabel="clip bound q",
+        ylabel="log10 cut-off error",
+        title="Cut-off error: 1−η above 0 (solid), η below 0 (dotted)",
+    )
+    ax_err.legend(fontsize=8, loc="lower right")
+    return save_figure(fig, path)

@@ -1,0 +1,173 @@
+"""Reading LVIS v1 annotation files with the official ``lvis`` API, and what it lacks.
+
+* :func:`read_json` / :func:`load_lvis_json` give one clear :class:`InputError` for a missing,
+  truncated or non-LVIS file instead of a traceback from deep inside ``json`` or ``lvis``.
+* :func:`load_lvis` returns an official ``lvis.LVIS`` object built from the validated dict.
+* :func:`patch_lvis_numpy` makes the released ``lvis`` (0.5.3) work with numpy 2: its evaluator
+  uses ``np.float``, an alias numpy 2 removed. Rather than touching numpy or site-packages, the
+  ``lvis`` modules get a proxy of numpy that also answers the removed aliases.
+* Frequency groups (``r``/``c``/``f`` from each category's ``frequency``) and the class
+  frequency ``f_c = image_count / number of training images`` that GOL's lambda compares with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import types
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gumbel_analysis.errors import InputError
+
+FREQUENCY_GROUPS = ("r", "c", "f")
+
+# numpy 1.x aliases removed in numpy 2 (and deprecated since 1.20) that lvis still uses.
+_REMOVED_NUMPY_ALIASES = {
+    "float": float,
+    "int": int,
+    "bool": bool,
+    "object": object,
+    "str": str,
+    "long": int,
+    "complex": complex,
+}
+
+
+class _NumpyWithAliases(types.ModuleType):
+    """numpy as seen by lvis: every attribute of numpy, plus the removed builtin aliases."""
+
+    def __init__(self) -> None:
+        super().__init__("numpy")
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return getattr(np, name)
+        except AttributeError:
+            if name in _REMOVED_NUMPY_ALIASES:
+                return _REMOVED_NUMPY_ALIASES[name]
+            raise
+
+
+def patch_lvis_numpy() -> None:
+    """Give the ``lvis`` modules that use numpy a numpy with the removed aliases. Idempotent."""
+    import lvis.colormap
+    import lvis.eval
+
+    for module in (lvis.eval, lvis.colormap):
+        if not isinstance(module.np, _NumpyWithAliases):
+            module.np = _NumpyWithAliases()
+
+
+def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{what} not found: {path}")
+    try:
+        with path.open("rb") as f:
+            return json.load(f)
+    except json.JSONDecodeError as err:
+        raise InputError(
+            f"{what} {path} is not valid JSON (truncated?): {err.msg} at line {err.lineno}"
+        ) from None
+    except UnicodeDecodeError:
+        raise InputError(f"{what} {path} is not a text JSON file") from None
+
+
+def validate_lvis(data: Any, source: str = "annotation file") -> None:
+    """Check the LVIS v1 structure and the references between its parts."""
+    if not isinstance(data, dict):
+        raise InputError(f"{source} is not LVIS: expected a JSON object at the top")
+    missing = [
+        k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)
+    ]
+    if missing:
+        raise InputError(f"{source} is not LVIS: no {', '.join(missing)} list")
+    try:
+        cat_ids = {int(c["id"]) for c in data["categories"]}
+        for c in data["categories"]:
+            if "name" not in c:
+                raise KeyError("name")
+        image_ids = {int(im["id"]) for im in data["images"]}
+        for im in data["images"]:
+            int(im["height"]), int(im["width"])
+    except (KeyError, TypeError, ValueError) as err:
+        raise InputError(f"{source} is not LVIS: a category or image lacks {err}") from None
+    if not data["categories"]:
+        raise InputError(f"{source} has no categories")
+    for ann in data["annotations"]:
+        try:
+            cid, iid, bbox = int(ann["category_id"]), int(ann["image_id"]), ann["bbox"]
+            int(ann["id"])
+        except (KeyError, TypeError, ValueError) as err:
+            raise InputError(f"{source} is not LVIS: an annotation lacks {err}") from None
+        if cid not in cat_ids:
+            raise InputError(f"{source}: annotation {ann['id']} has unknown category id {cid}")
+        if iid not in image_ids:
+            raise InputError(f"{source}: annotation {ann['id']} has unknown image id {iid}")
+        if not (isinstance(bbox, list) and len(bbox) == 4):
+            raise InputError(f"{source}: annotation {ann['id']} has a malformed bbox")
+
+
+def load_lvis_json(path: str | os.PathLike) -> dict:
+    """Read and validate an LVIS annotation file; fill the fields the lvis API needs."""
+    data = read_json(path, "annotation file")
+    validate_lvis(data, str(path))
+    for im in data["images"]:
+        im.setdefault("neg_category_ids", [])
+        im.setdefault("not_exhaustive_category_ids", [])
+    _fill_counts(data)
+    return data
+
+
+def load_lvis(path_or_data: str | os.PathLike | dict):
+    """An official ``lvis.LVIS`` object from a path or an already loaded dict."""
+    import lvis
+
+    data = path_or_data if isinstance(path_or_data, dict) else load_lvis_json(path_or_data)
+    api = lvis.LVIS.__new__(lvis.LVIS)  # LVIS() only takes a path; build it from the dict
+    api.logger = lvis.lvis.logging.getLogger(lvis.lvis.__name__)
+    api.dataset = data
+    api._create_index()
+    return api
+
+
+def _fill_counts(data: dict) -> None:
+    """Add ``image_count``/``instance_count`` to categories that lack them (from annotations)."""
+    if all("image_count" in c and "instance_count" in c for c in data["categories"]):
+        return
+    images: dict[int, set[int]] = {int(c["id"]): set() for c in data["categories"]}
+    instances = dict.fromkeys(images, 0)
+    for ann in data["annotations"]:
+        cid = int(ann["category_id"])
+        images[cid].add(int(ann["image_id"]))
+        instances[cid] += 1
+    for c in data["categories"]:
+        c.setdefault("image_count", len(images[int(c["id"])]))
+        c.setdefault("instance_count", instances[int(c["id"])])
+
+
+def sorted_categories(data: dict) -> list[dict]:
+    """Categories by id: the order of the classifier's columns."""
+    return sorted(data["categories"], key=lambda c: int(c["id"]))
+
+
+def frequency_groups(data: dict) -> list[str]:
+    """Per category (in id order) its group ``r``, ``c`` or ``f`` from the ``frequency`` field."""
+    groups = []
+    for c in sorted_categories(data):
+        g = c.get("frequency")
+        if g not in FREQUENCY_GROUPS:
+            raise InputError(f"category {c['id']} ({c.get('name')}) has no frequency group r/c/f")
+        groups.append(g)
+    return groups
+
+
+def class_frequency(data: dict) -> np.ndarray:
+    """``f_c = image_count / number of images`` per category, in id order (float64)."""
+    if not data["images"]:
+        raise InputError("the annotation file has no images")
+    counts = np.array([c["image_count"] for c in sorted_categories(data)], dtype=np.float64)
+    return counts / len(data["images"])

@@ -1,0 +1,77 @@
+"""The interface every classification loss of the registry implements.
+
+A detector asks its loss three things: how many columns the classifier has (``num_outputs``),
+how to initialise that layer (``init_classifier``) and how to turn logits into per-class scores at
+test time (``scores``). Training calls ``forward(logits, labels)`` with labels in ``[0, C]``,
+where ``C`` (``num_classes``) is the background.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ClassificationLoss(nn.Module):
+    """Base class: ``C`` foreground classes, logits with ``C + 1`` or ``C`` columns.
+
+    Subclasses set ``with_background`` (True: a background column, target 1 for background
+    proposals; False: C columns, background proposals have all-zero targets) and implement
+    ``forward``, ``scores`` and ``init_classifier``.
+    """
+
+    #: Registry name, set by :func:`gumbel_analysis.losses.registry.register_loss`.
+    name: str = ""
+    with_background: bool = True
+    #: The inference activation, for reports: "gumbel", "sigmoid" or "softmax".
+    activation: str = ""
+
+    def __init__(self, num_classes: int, class_frequency: torch.Tensor | None = None):
+        super().__init__()
+        if int(num_classes) != num_classes or num_classes < 1:
+            raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
+        self.num_classes = int(num_classes)
+        if class_frequency is not None:
+            class_frequency = torch.as_tensor(class_frequency, dtype=torch.float64).flatten()
+            if class_frequency.numel() != self.num_classes:
+                raise ValueError(
+                    f"class_frequency has {class_frequency.numel()} entries for "
+                    f"{self.num_classes} classes"
+                )
+            if not torch.isfinite(class_frequency).all() or (class_frequency < 0).any():
+                raise ValueError("class_frequency must be finite and non-negative")
+            self.register_buffer("class_frequency", class_frequency, persistent=False)
+        else:
+            self.class_frequency = None
+
+    @property
+    def num_outputs(self) -> int:
+        """Columns of the classifier: ``C + 1`` with a background column, else ``C``."""
+        return self.num_classes + 1 if self.with_background else self.num_classes
+
+    def check_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        if logits.dim() != 2 or logits.shape[1] != self.num_outputs:
+            raise ValueError(
+                f"{self.name or type(self).__name__} expects logits [N, {self.num_outputs}], "
+                f"got {tuple(logits.shape)}"
+            )
+        if labels.shape != (logits.shape[0],):
+            raise ValueError(f"expected labels [{logits.shape[0]}], got {tuple(labels.shape)}")
+        if labels.numel() and (labels.min() < 0 or labels.max() > self.num_classes):
+            raise ValueError(
+                f"labels must lie in [0, {self.num_classes}] ({self.num_classes} is background)"
+            )
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        """Per-class scores [N, C] at test time, background column dropped."""
+        raise NotImplementedError
+
+    def init_classifier(self, layer: nn.Linear) -> None:
+        """Initialise the classification layer as this loss prescribes."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return f"num_classes={self.num_classes}, outputs={self.num_outputs}"
