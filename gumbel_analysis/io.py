@@ -28,7 +28,7 @@ def check_output_path(path: str | os.PathLike, suffixes: tuple[str, ...] | None 
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary path beside ``path``; on success rename it over ``path``, else delete it."""
+    """Yield a temporary path beside ``path``; rename it over ``path`` on success, else delete."""
     path = Path(path)
     fd, tmp = tempfile.mkstemp(
         prefix=f".{path.name}.", suffix=".tmp" + path.suffix, dir=path.parent

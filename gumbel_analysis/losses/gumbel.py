@@ -90,8 +90,9 @@ def _negative_terms_chunk(
     * ``a <= series_max``: ``-log(1 - e^-a) = z + a/2 - a^2/24 + a^4/2880 - a^6/181440
       + a^8/9676800`` (log of ``(1 - e^-a)/a`` by Bernoulli numbers), gradient its derivative
       ``a / (e^a - 1) = 1 - a/2 + a^2/12 - a^4/720 + a^6/30240 - a^8/1209600``.
-    Both branches are computed on clamped inputs (so both are finite) and blended with a 0/1 mask:
-    cheaper than ``torch.where`` on the CPU.
+    Both branches are computed on clamped inputs (so both are finite) and selected with a 0/1 mask
+    as ``x*m + (y - y*m)``, exact for ``m`` in {0, 1} (a blend ``y + m*(x - y)`` would cancel the
+    tiny values of one branch against the other's); cheaper than ``torch.where`` on the CPU.
     """
     n = q.shape[0]
     t, a, r, x, y, w, m = (b[:n] for b in bufs)
@@ -116,17 +117,26 @@ def _negative_terms_chunk(
     torch.mul(w, 1.0 / 9676800.0, out=y)
     y.sub_(1.0 / 181440.0).mul_(w).add_(1.0 / 2880.0).mul_(w).sub_(1.0 / 24.0).mul_(w)
     y.add_(a, alpha=0.5).sub_(t)
-    x.sub_(y).mul_(m).add_(y)
+    _select_(x, y, m, t)
     if weight is not None:
         x.mul_(weight)
     total = x.sum(dtype=torch.float64)
     torch.mul(w, -1.0 / 1209600.0, out=y)
     y.add_(1.0 / 30240.0).mul_(w).sub_(1.0 / 720.0).mul_(w).add_(1.0 / 12.0).mul_(w)
     y.add_(1.0).sub_(a, alpha=0.5)
-    grad_out.sub_(y).mul_(m).add_(y).mul_(inv_sigma * grad_scale)
+    _select_(grad_out, y, m, t)
+    grad_out.mul_(inv_sigma * grad_scale)
     if weight is not None:
         grad_out.mul_(weight)
     return total
+
+
+def _select_(x: torch.Tensor, y: torch.Tensor, m: torch.Tensor, scratch: torch.Tensor) -> None:
+    """``x <- x if m else y``, in place, for a 0/1 float mask and finite x, y (exact)."""
+    x.mul_(m)
+    torch.mul(y, m, out=scratch)
+    y.sub_(scratch)
+    x.add_(y)
 
 
 def negative_terms(

@@ -1,0 +1,158 @@
+"""Forward + backward time of the classification losses on an LVIS-sized batch.
+
+Baseline (ratio 1.00): ``binary_cross_entropy_with_logits`` with its one-hot target built from the
+labels, as a Sigmoid head does each iteration. Every case runs in the same process on the same
+logits: ``python bench/loss.py [--device cuda] [--rows 8192 --classes 1204] [--json]``.
+
+On CUDA it also reports the achieved memory bandwidth of Gumbel ``stable`` (the minimum traffic:
+read the logits, write their gradient, 8 bytes per element in float32) against the card's
+copy bandwidth measured in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import time
+
+import torch
+import torch.nn.functional as F
+from rich.console import Console
+from rich.table import Table
+
+from gumbel_analysis.losses import build_loss, gumbel_bce
+
+
+def reference_recipe(logits, labels):
+    p = torch.exp(-torch.exp(-torch.clamp(logits, min=-4, max=10)))
+    target = F.one_hot(labels, logits.shape[1]).float()
+    loss = F.binary_cross_entropy(p, target, reduction="none").sum() / logits.shape[0]
+    return torch.clamp(loss, 0, 20)
+
+
+def bce_built(logits, labels):
+    target = F.one_hot(labels, logits.shape[1]).float()
+    return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[0]
+
+
+def cases(rows: int, classes: int, device: torch.device, labels: torch.Tensor):
+    freq = torch.logspace(-5, -1, classes - 1, dtype=torch.float64)
+    prebuilt = F.one_hot(labels, classes).float()
+    gol = build_loss("gol", classes - 1, class_frequency=freq)
+    gol_labels = labels  # label C-1 (the last column) is the background of the C-column layout
+    return {
+        "bce-with-logits, target built (baseline)": lambda q: bce_built(q, labels),
+        "bce-with-logits, target prebuilt": lambda q: (
+            F.binary_cross_entropy_with_logits(q, prebuilt, reduction="sum") / rows
+        ),
+        "reference recipe (clamp, exp(-exp), BCE)": lambda q: reference_recipe(q, labels),
+        "gumbel stable": lambda q: gumbel_bce(q, labels),
+        "gumbel none": lambda q: gumbel_bce(q, labels, mode="none"),
+        "gumbel paper": lambda q: gumbel_bce(q, labels, mode="paper"),
+        "gol (stable)": lambda q: gol(q[:, : classes - 1], gol_labels),
+        "softmax cross-entropy": lambda q: F.cross_entropy(q, labels),
+    }
+
+
+def time_case(fn, logits, repeats: int, device: torch.device) -> float:
+    def once() -> float:
+        x = logits.detach().requires_grad_()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn(x).backward()
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    for _ in range(2):
+        once()
+    return statistics.median(once() for _ in range(repeats))
+
+
+def copy_bandwidth(device: torch.device) -> float:
+    """Bytes per second of a large device-to-device copy (read + write)."""
+    src = torch.empty(256 * 2**20, dtype=torch.float32, device=device)
+    dst = torch.empty_like(src)
+    for _ in range(3):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    start = time.perf_counter()
+    n = 20
+    for _ in range(n):
+        dst.copy_(src)
+    torch.cuda.synchronize()
+    return 2 * src.numel() * 4 * n / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=8192, help="proposals N (LVIS: 16 x 512)")
+    parser.add_argument("--classes", type=int, default=1204, help="columns C + 1 (LVIS: 1204)")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    gen = torch.Generator().manual_seed(0)
+    # Logits spread like a classifier's in training (mostly confident negatives).
+    logits = (torch.randn(args.rows, args.classes, generator=gen) * 2 - 2).to(device)
+    labels = torch.randint(0, args.classes, (args.rows,), generator=gen).to(device)
+    results = {}
+    for name, fn in cases(args.rows, args.classes, device, labels).items():
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        seconds = time_case(fn, logits, args.repeats, device)
+        entry = {"ms": seconds * 1e3}
+        if device.type == "cuda":
+            entry["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
+        results[name] = entry
+    base = next(iter(results.values()))["ms"]
+    for entry in results.values():
+        entry["ratio"] = entry["ms"] / base
+    report = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "threads": torch.get_num_threads(),
+        "shape": [args.rows, args.classes],
+        "results": results,
+    }
+    if device.type == "cuda":
+        peak = copy_bandwidth(device)
+        stable_s = results["gumbel stable"]["ms"] / 1e3
+        achieved = 8 * args.rows * args.classes / stable_s
+        report["bandwidth"] = {
+            "copy_gb_s": peak / 1e9,
+            "gumbel_stable_min_traffic_gb_s": achieved / 1e9,
+            "fraction_of_copy": achieved / peak,
+        }
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return
+    table = Table(
+        title=f"Loss forward + backward, {args.rows} x {args.classes} float32 on {report['device']}"
+        f" ({report['threads']} threads)"
+    )
+    table.add_column("loss")
+    table.add_column("ms", justify="right")
+    table.add_column("ratio to BCE-with-logits", justify="right")
+    if device.type == "cuda":
+        table.add_column("peak MiB", justify="right")
+    for name, entry in results.items():
+        row = [name, f"{entry['ms']:.1f}", f"{entry['ratio']:.2f}x"]
+        if device.type == "cuda":
+            row.append(f"{entry['peak_mem_mib']:.0f}")
+        table.add_row(*row)
+    console = Console()
+    console.print(table)
+    if "bandwidth" in report:
+        bw = report["bandwidth"]
+        console.print(
+            f"Gumbel stable moves >= 8 B/element: {bw['gumbel_stable_min_traffic_gb_s']:.0f} GB/s"
+            f" = {bw['fraction_of_copy']:.0%} of this card's copy bandwidth"
+            f" ({bw['copy_gb_s']:.0f} GB/s)"
+        )
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,51 @@
+"""The repository's promises: README set-up commands, CI, and no generic top-level imports."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def readme_setup_commands() -> list[str]:
+    text = (ROOT / "README.md").read_text()
+    block = re.search(r"```bash\n(.*?)```", text, re.S)
+    assert block, "README must open with a bash block"
+    return [line for line in block.group(1).splitlines() if line.strip()]
+
+
+def test_readme_opens_with_exactly_two_setup_commands():
+    text = (ROOT / "README.md").read_text()
+    assert text.index("```bash") < text.index("\n## ")
+    commands = readme_setup_commands()
+    assert len(commands) == 2
+    for command in commands:
+        assert "python3 -m venv .venv" in command
+        assert "torch==2.14.1" in command and "torchvision==0.29.1" in command
+    assert "pytest" in commands[1]
+
+
+def test_ci_runs_the_readme_test_command():
+    ci = (ROOT / ".ci" / "run").read_text()
+    assert readme_setup_commands()[1] in ci.splitlines()
+
+
+def test_cli_and_hooks_are_not_top_level_packages(tmp_path):
+    code = (
+        "import importlib.util as u;"
+        "print(u.find_spec('cli') is None, u.find_spec('hooks') is None,"
+        " u.find_spec('gumbel_analysis.cli') is not None,"
+        " u.find_spec('gumbel_analysis.hooks') is not None)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split() == ["True", "True", "True", "True"]
+
+
+def test_pyproject_declares_ranges_not_pins():
+    text = (ROOT / "pyproject.toml").read_text()
+    deps = re.search(r"dependencies = \[(.*?)\]", text, re.S).group(1)
+    assert "==" not in deps
+    assert '"torch>=2.4"' in deps
