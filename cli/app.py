@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import typer
-from gumbel_analysis.cli import init_bias, temperature
+
+from gumbel_analysis.cli import evaluate, init_bias, kl_dist, make_data, temperature, train
 from gumbel_analysis.cli.common import multi_value_command
 
 app = typer.Typer(
@@ -16,8 +17,12 @@ app = typer.Typer(
     rich_markup_mode="markdown",
 )
 
+app.command("train")(train.train)
+app.command("eval")(evaluate.evaluate)
 app.command("init-bias")(init_bias.init_bias)
+app.command("make-data")(make_data.make_data)
 app.command("temperature", cls=multi_value_command("--sigma", "-s"))(temperature.temperature)
+app.command("kl-dist", cls=multi_value_command("--labels", "--images"))(kl_dist.kl_dist)
 
 
 def main() -> None:

@@ -12,7 +12,7 @@ import typer
 from rich.console import Console
 from typer.core import TyperCommand
 
-from gumbel_analysis.errors import InputError
+from gumbel_analysis.errors import InputError, TrainingError
 
 console = Console(highlight=False)
 err_console = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -30,7 +30,8 @@ def fail(message: str) -> NoReturn:
 
 
 def reports_input_errors(fn: F) -> F:
-    """Turn bad input (InputError, a missing or unreadable file) into :func:`fail`."""
+    """Turn bad input (InputError, a missing or unreadable file) into :func:`fail` (exit 2), and
+    a training that cannot go on (TrainingError) into one line with exit 1."""
 
     @functools.wraps(fn)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -38,6 +39,9 @@ def reports_input_errors(fn: F) -> F:
             return fn(*args, **kwargs)
         except InputError as err:
             fail(str(err))
+        except TrainingError as err:
+            err_console.print(f"error: {' '.join(str(err).split())}", markup=False)
+            raise typer.Exit(1) from None
         except OSError as err:
             where = f": {err.filename}" if getattr(err, "filename", None) else ""
             fail(f"{err.strerror or err}{where}")

@@ -5,6 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.table import Table
+
+from gumbel_analysis.analysis.init_bias import init_bias_report
 from gumbel_analysis.cli.common import (
     JsonOption,
     SeedOption,
@@ -13,9 +16,6 @@ from gumbel_analysis.cli.common import (
     print_json,
     reports_input_errors,
 )
-from rich.table import Table
-
-from gumbel_analysis.analysis.init_bias import init_bias_report
 
 
 @reports_input_errors

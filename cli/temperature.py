@@ -6,11 +6,11 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from gumbel_analysis.cli.common import JsonOption, console, print_json, reports_input_errors
 from rich.table import Table
 
 from gumbel_analysis.analysis.plots import check_figure_path
 from gumbel_analysis.analysis.temperature import PAPER_SIGMAS, cutoff_table, plot_temperature
+from gumbel_analysis.cli.common import JsonOption, console, print_json, reports_input_errors
 from gumbel_analysis.losses.gumbel import PAPER_CLIP
 from gumbel_analysis.math import check_clip_range, check_temperature
 

@@ -7,3 +7,7 @@ ValueError so library users can catch either.
 
 class InputError(ValueError):
     """Bad input from the user: an out-of-range value, a missing or corrupt file."""
+
+
+class TrainingError(RuntimeError):
+    """Training cannot go on (a non-finite loss): the command prints one line and exits 1."""

@@ -13,6 +13,12 @@ from gumbel_analysis.losses.gumbel import PAPER_CLIP, GumbelMode, gumbel_bce, on
 from gumbel_analysis.losses.registry import register_loss
 from gumbel_analysis.math import check_temperature, eta, init_bias
 
+
+def _compute_dtype(logits: torch.Tensor) -> torch.Tensor:
+    """Half precision is computed in float32; float32 and float64 stay as they are."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 #: Weight value of Sec. 1.1: every logit starts near the bias.
 GUMBEL_INIT_WEIGHT = 1e-3
 #: The usual prior of sigmoid classifiers (focal loss, detectron2/mmdetection): sigmoid(b) = 0.01.
@@ -96,10 +102,9 @@ class SigmoidBCE(ClassificationLoss):
         self.prior_prob = prior_prob
 
     def sigmoid_loss(self, logits, labels, weight=None):
-        target = one_hot_targets(labels, logits.shape[1], self.with_background).float()
-        loss = F.binary_cross_entropy_with_logits(
-            logits.float(), target, weight=weight, reduction="sum"
-        )
+        q = _compute_dtype(logits)
+        target = one_hot_targets(labels, logits.shape[1], self.with_background).to(q.dtype)
+        loss = F.binary_cross_entropy_with_logits(q, target, weight=weight, reduction="sum")
         return loss / max(logits.shape[0], 1)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -125,8 +130,8 @@ class SoftmaxCE(ClassificationLoss):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_inputs(logits, labels)
         if logits.shape[0] == 0:
-            return logits.float().sum()
-        return F.cross_entropy(logits.float(), labels.long())
+            return _compute_dtype(logits).sum()
+        return F.cross_entropy(_compute_dtype(logits), labels.long())
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(logits.float(), dim=-1)[:, : self.num_classes]

@@ -113,6 +113,7 @@ class _DropLossMixin:
         self.variant = DropVariant(variant)
         self.register_buffer("rare", self.class_frequency < self.lambda_, persistent=False)
         self.generator: torch.Generator | None = None
+        self.last_weights: torch.Tensor | None = None
 
     @property
     def num_rare_classes(self) -> int:
@@ -120,13 +121,15 @@ class _DropLossMixin:
         return int(self.rare.sum())
 
     def weights(self, labels: torch.Tensor) -> torch.Tensor:
-        return drop_weights(
+        # Kept for the gradient recorder, which counts only the negatives the loss kept.
+        self.last_weights = drop_weights(
             labels,
             self.rare.to(labels.device),
             background_dropping=self.background_dropping,
             variant=self.variant,
             generator=self.generator,
         )
+        return self.last_weights
 
     def drop_repr(self) -> str:
         return (

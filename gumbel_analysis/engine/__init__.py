@@ -1,0 +1,1 @@
+"""Training, inference and evaluation of Mask R-CNN with a chosen classification loss."""

@@ -1,0 +1,119 @@
+"""Run a detector over a dataset and evaluate its detections with LVISEval."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rich.progress import Progress
+
+from gumbel_analysis.engine.config import TrainConfig
+from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results, write_results
+from gumbel_analysis.engine.setup import RunPaths
+from gumbel_analysis.io import write_text_atomic
+
+
+@torch.inference_mode()
+def predict(
+    model: torch.nn.Module,
+    dataset,
+    device: torch.device,
+    batch_size: int = 4,
+    indices: Sequence[int] | None = None,
+    progress: bool = True,
+) -> list[dict]:
+    """LVIS results (bbox and segm) of ``model`` on ``dataset`` (an LVISDetection)."""
+    model.eval()
+    indices = list(range(len(dataset))) if indices is None else list(indices)
+    results: list[dict] = []
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("evaluate", total=len(indices))
+        for start in range(0, len(indices), batch_size):
+            batch = [dataset[i] for i in indices[start : start + batch_size]]
+            images = [img.to(device) for img, _ in batch]
+            outputs = model(images)
+            outputs = [{k: v.cpu() for k, v in out.items()} for out in outputs]
+            image_ids = [int(target["image_id"]) for _, target in batch]
+            results += detections_to_results(outputs, image_ids, dataset.category_ids)
+            bar.advance(task, len(batch))
+    return results
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset,
+    device: torch.device,
+    batch_size: int = 4,
+    progress: bool = True,
+) -> tuple[dict, list[dict]]:
+    """Metrics (AP, APr, APc, APf, APb, ...) and the results they were computed from."""
+    results = predict(model, dataset, device, batch_size, progress=progress)
+    metrics = evaluate_results(Path(dataset.ann_file), results)
+    return metrics, results
+
+
+def evaluate_run(
+    model: torch.nn.Module,
+    val_set,
+    device: torch.device,
+    run: RunPaths,
+    cfg: TrainConfig,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate on the val set and write ``results.json`` and ``metrics.json`` atomically."""
+    metrics, results = evaluate_model(model, val_set, device, cfg.batch_size, progress)
+    write_results(run.results, results)
+    metrics = {"loss": cfg.loss, "preset": cfg.preset, **metrics}
+    write_text_atomic(run.metrics, json.dumps(metrics, indent=2) + "\n")
+    return metrics
+
+
+def evaluate_checkpoint(
+    source: str | Path,
+    *,
+    data: str | None = None,
+    device: str = "auto",
+    batch_size: int | None = None,
+    progress: bool = True,
+) -> tuple[dict[str, Any], RunPaths]:
+    """``gumbel eval``: a run folder (its ``model_final.pt``, else ``last.pt``) or a checkpoint
+    file, evaluated on its data's val set (or ``data``); writes results and metrics beside it."""
+    from gumbel_analysis.data.dataset import LVISDetection
+    from gumbel_analysis.engine import checkpoint as ckpt
+    from gumbel_analysis.engine.setup import data_paths, make_loss, pick_device
+    from gumbel_analysis.errors import InputError
+    from gumbel_analysis.model import build_model
+
+    source = Path(source)
+    if source.is_dir():
+        run = RunPaths(source)
+        path = run.final if run.final.is_file() else run.last
+        if not path.is_file():
+            raise InputError(f"no checkpoint in {source} (expected {ckpt.FINAL} or {ckpt.LAST})")
+    else:
+        path, run = source, RunPaths(source.parent)
+    state = ckpt.load_checkpoint(path)
+    if "config" not in state or "model" not in state:
+        raise InputError(f"{path} holds no model and configuration")
+    cfg = TrainConfig.from_dict(state["config"])
+    if data is not None:
+        cfg.data = data
+    if batch_size is not None:
+        cfg.batch_size = batch_size
+    paths = data_paths(cfg.data)
+    train_set = LVISDetection(paths.train_ann, paths.image_root, train=False)
+    val_set = LVISDetection(paths.val_ann, paths.image_root, train=False)
+    loss = make_loss(cfg, train_set)
+    model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise InputError(
+            f"{path} does not fit the model of its configuration (different classes or preset?)"
+        ) from None
+    dev = pick_device(device)
+    model.to(dev)
+    return evaluate_run(model, val_set, dev, run, cfg, progress), run

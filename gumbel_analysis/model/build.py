@@ -1,0 +1,334 @@
+"""Mask R-CNN with FPN from a preset and a classification loss of the registry.
+
+Everything is built from torchvision's public modules with ``weights=None``: nothing is ever
+downloaded. Backbone or model weights come from a local file (``--weights PATH``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from torchvision.models import resnet
+from torchvision.models.detection import MaskRCNN
+from torchvision.models.detection.anchor_utils import AnchorGenerator
+from torchvision.models.detection.backbone_utils import BackboneWithFPN
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
+from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
+from torchvision.ops import MultiScaleRoIAlign
+from torchvision.ops.misc import FrozenBatchNorm2d
+
+from gumbel_analysis.errors import InputError
+from gumbel_analysis.losses.base import ClassificationLoss
+from gumbel_analysis.model.heads import BoxPredictor, CosineConv1x1, LossRoIHeads
+
+#: Test NMS IoU of torchvision / the paper's baseline, and of the paper's enhancements.
+NMS_IOU = 0.5
+ENH_NMS_IOU = 0.3
+_BACKBONE_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
+#: Blocks per stage of the ResNets made of BasicBlocks (resnet10 is not in torchvision).
+BASIC_BLOCK_DEPTHS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Architecture and sampling sizes of a Mask R-CNN + FPN.
+
+    ``backbone`` names a torchvision ResNet constructor. ``returned_layers`` are the ResNet stages
+    (1-4) fed to the FPN, which adds a max-pooled level on top; ``anchor_sizes`` has one size per
+    FPN level (stages + pool). RPN top-n values are per FPN level before NMS and per image after,
+    as in torchvision. ``trainable_backbone_layers`` (0-5, from layer4 down) applies when
+    backbone weights are loaded; the backbone then uses frozen BatchNorm. From scratch, every
+    layer trains and BatchNorm is a regular one (torchvision's rule).
+    """
+
+    name: str
+    backbone: str
+    #: Channels of the ResNet stem and first stage (doubled per stage); 64 is torchvision's.
+    #: Other widths build the same BasicBlock network, thinner (resnet10/18/34 only).
+    backbone_width: int = 64
+    fpn_channels: int = 256
+    returned_layers: tuple[int, ...] = (1, 2, 3, 4)
+    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
+    min_size: int = 800
+    max_size: int = 1333
+    rpn_pre_nms_top_n_train: int = 2000
+    rpn_post_nms_top_n_train: int = 2000
+    rpn_pre_nms_top_n_test: int = 1000
+    rpn_post_nms_top_n_test: int = 1000
+    rpn_batch_size_per_image: int = 256
+    box_batch_size_per_image: int = 512
+    box_representation_size: int = 1024
+    mask_head_channels: tuple[int, ...] = (256, 256, 256, 256)
+    #: RoIAlign size of the mask branch; masks are twice as large.
+    mask_roi_size: int = 14
+    #: RoIAlign samples per bin and axis (torchvision: 2). RoIAlign's backward on the CPU is
+    #: single-threaded and costs in proportion to its square.
+    roi_sampling_ratio: int = 2
+    trainable_backbone_layers: int = 3
+
+    def __post_init__(self) -> None:
+        if len(self.anchor_sizes) != len(self.returned_layers) + 1:
+            raise ValueError("anchor_sizes needs one size per returned layer plus the pool level")
+        if not set(self.returned_layers) <= {1, 2, 3, 4}:
+            raise ValueError(f"returned_layers must lie in 1..4, got {self.returned_layers}")
+        if self.backbone_width != 64 and self.backbone not in BASIC_BLOCK_DEPTHS:
+            raise ValueError(f"backbone_width applies to {', '.join(BASIC_BLOCK_DEPTHS)} only")
+        if not 0 <= self.trainable_backbone_layers <= 5:
+            raise ValueError("trainable_backbone_layers must lie in 0..5")
+
+    @property
+    def featmap_names(self) -> list[str]:
+        """Names of the FPN levels the RoI heads pool from (the pool level is excluded)."""
+        return [str(i) for i in range(len(self.returned_layers))]
+
+
+PRESETS: dict[str, Preset] = {
+    # The CPU preset: a ResNet-18 at half width (4 M parameters in all), a 64-channel FPN, thin
+    # heads, 128 px images, few proposals: about 0.22 s per 4-image SGD step on one CPU core.
+    "tiny": Preset(
+        name="tiny",
+        backbone="resnet18",
+        backbone_width=32,
+        fpn_channels=64,
+        returned_layers=(1, 2, 3, 4),
+        anchor_sizes=(8, 16, 32, 64, 128),
+        min_size=128,
+        max_size=128,
+        rpn_pre_nms_top_n_train=300,
+        rpn_post_nms_top_n_train=200,
+        rpn_pre_nms_top_n_test=150,
+        rpn_post_nms_top_n_test=100,
+        rpn_batch_size_per_image=128,
+        box_batch_size_per_image=128,
+        box_representation_size=256,
+        mask_head_channels=(64, 64),
+        mask_roi_size=14,
+        roi_sampling_ratio=1,
+        trainable_backbone_layers=5,
+    ),
+    # The paper's: shorter side 800, longer at most 1333, 512 RoIs per image.
+    "r50-fpn": Preset(name="r50-fpn", backbone="resnet50"),
+    "r101-fpn": Preset(name="r101-fpn", backbone="resnet101"),
+}
+
+
+def get_preset(preset: str | Preset) -> Preset:
+    if isinstance(preset, Preset):
+        return preset
+    try:
+        return PRESETS[preset]
+    except KeyError:
+        raise InputError(
+            f"unknown model preset {preset!r}; available: {', '.join(PRESETS)}"
+        ) from None
+
+
+def build_backbone(preset: Preset, pretrained: bool) -> BackboneWithFPN:
+    """ResNet + FPN, randomly initialised; frozen BN and frozen early stages if ``pretrained``."""
+    norm_layer = FrozenBatchNorm2d if pretrained else nn.BatchNorm2d
+    if preset.backbone in BASIC_BLOCK_DEPTHS and (
+        preset.backbone_width != 64 or not hasattr(resnet, preset.backbone)
+    ):
+        body = basic_block_resnet(
+            BASIC_BLOCK_DEPTHS[preset.backbone], preset.backbone_width, norm_layer
+        )
+    elif preset.backbone in resnet.__all__ and preset.backbone[0].islower():
+        body = getattr(resnet, preset.backbone)(weights=None, norm_layer=norm_layer)
+    else:
+        raise InputError(f"unknown backbone {preset.backbone!r}; use a torchvision ResNet name")
+    if pretrained:
+        trainable = _BACKBONE_LAYERS[: preset.trainable_backbone_layers]
+        for name, parameter in body.named_parameters():
+            if not name.startswith(trainable) and not (
+                preset.trainable_backbone_layers == 5 and name.startswith("bn1")
+            ):
+                parameter.requires_grad_(False)
+    stage2_channels = body.inplanes // 8  # the first stage's output channels
+    return BackboneWithFPN(
+        body,
+        return_layers={f"layer{k}": str(i) for i, k in enumerate(preset.returned_layers)},
+        in_channels_list=[stage2_channels * 2 ** (k - 1) for k in preset.returned_layers],
+        out_channels=preset.fpn_channels,
+    )
+
+
+def basic_block_resnet(
+    depths: tuple[int, ...], width: int, norm_layer: type[nn.Module]
+) -> resnet.ResNet:
+    """A torchvision ResNet of BasicBlocks with ``depths`` blocks per stage and stage widths
+    ``width * (1, 2, 4, 8)``; same module names as torchvision's, so its state dicts fit when
+    ``width`` is 64."""
+    body = resnet.ResNet(resnet.BasicBlock, list(depths), norm_layer=norm_layer)
+    body.conv1 = nn.Conv2d(3, width, kernel_size=7, stride=2, padding=3, bias=False)
+    body.bn1 = norm_layer(width)
+    inplanes = width
+    for stage, blocks in enumerate(depths, start=1):
+        planes, stride = width * 2 ** (stage - 1), 1 if stage == 1 else 2
+        downsample = None
+        if stride != 1 or inplanes != planes:
+            downsample = nn.Sequential(
+                nn.Conv2d(inplanes, planes, 1, stride=stride, bias=False), norm_layer(planes)
+            )
+        layers = [resnet.BasicBlock(inplanes, planes, stride, downsample, norm_layer=norm_layer)]
+        layers += [
+            resnet.BasicBlock(planes, planes, norm_layer=norm_layer) for _ in range(blocks - 1)
+        ]
+        setattr(body, f"layer{stage}", nn.Sequential(*layers))
+        inplanes = planes
+    body.fc = nn.Linear(inplanes, body.fc.out_features)
+    body.inplanes = inplanes
+    for module in body.modules():
+        if isinstance(module, nn.Conv2d):
+            nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
+    return body
+
+
+def build_model(
+    preset: str | Preset,
+    num_classes: int,
+    loss: ClassificationLoss,
+    *,
+    enh: bool = False,
+    weights: str | Path | None = None,
+    score_thresh: float = 1e-4,
+    detections_per_img: int = 300,
+) -> MaskRCNN:
+    """torchvision Mask R-CNN (FPN) whose box classifier is trained and scored by ``loss``.
+
+    ``num_classes`` is C, the foreground classes; targets and outputs use torchvision's labels
+    (1..C, 0 = background). ``enh`` switches on the paper's enhancements: test NMS IoU 0.3 instead
+    of 0.5 and a normalised (cosine, T = 20) mask predictor. ``weights`` is a local file holding
+    either a backbone state dict (e.g. torchvision's ImageNet ResNet ``.pth``) or a full model
+    checkpoint (a state dict with ``backbone.``/``roi_heads.`` keys, possibly under ``"model"``);
+    with weights the backbone uses frozen BatchNorm and ``preset.trainable_backbone_layers``.
+    """
+    preset = get_preset(preset)
+    if loss.num_classes != num_classes:
+        raise ValueError(f"the loss has {loss.num_classes} classes, the model {num_classes}")
+    state = read_weights(weights) if weights is not None else None
+    backbone = build_backbone(preset, pretrained=state is not None)
+    channels = preset.fpn_channels
+    levels = len(preset.anchor_sizes)
+    mask_channels = preset.mask_head_channels[-1]
+    mask_predictor = MaskRCNNPredictor(mask_channels, mask_channels, num_classes)
+    if enh:
+        mask_predictor.mask_fcn_logits = CosineConv1x1(mask_channels, num_classes)
+    model = MaskRCNN(
+        backbone,
+        num_classes=None,
+        min_size=preset.min_size,
+        max_size=preset.max_size,
+        rpn_anchor_generator=AnchorGenerator(
+            sizes=tuple((s,) for s in preset.anchor_sizes),
+            aspect_ratios=((0.5, 1.0, 2.0),) * levels,
+        ),
+        rpn_pre_nms_top_n_train=preset.rpn_pre_nms_top_n_train,
+        rpn_pre_nms_top_n_test=preset.rpn_pre_nms_top_n_test,
+        rpn_post_nms_top_n_train=preset.rpn_post_nms_top_n_train,
+        rpn_post_nms_top_n_test=preset.rpn_post_nms_top_n_test,
+        rpn_batch_size_per_image=preset.rpn_batch_size_per_image,
+        box_roi_pool=MultiScaleRoIAlign(
+            preset.featmap_names, output_size=7, sampling_ratio=preset.roi_sampling_ratio
+        ),
+        box_head=TwoMLPHead(channels * 7**2, preset.box_representation_size),
+        box_predictor=BoxPredictor(preset.box_representation_size, loss),
+        mask_roi_pool=MultiScaleRoIAlign(
+            preset.featmap_names,
+            output_size=preset.mask_roi_size,
+            sampling_ratio=preset.roi_sampling_ratio,
+        ),
+        mask_head=MaskRCNNHeads(channels, list(preset.mask_head_channels), 1),
+        mask_predictor=mask_predictor,
+    )
+    tv_heads = model.roi_heads
+    model.roi_heads = LossRoIHeads(
+        loss,
+        box_roi_pool=tv_heads.box_roi_pool,
+        box_head=tv_heads.box_head,
+        box_predictor=tv_heads.box_predictor,
+        fg_iou_thresh=0.5,
+        bg_iou_thresh=0.5,
+        batch_size_per_image=preset.box_batch_size_per_image,
+        positive_fraction=0.25,
+        bbox_reg_weights=None,
+        score_thresh=score_thresh,
+        nms_thresh=ENH_NMS_IOU if enh else NMS_IOU,
+        detections_per_img=detections_per_img,
+        mask_roi_pool=tv_heads.mask_roi_pool,
+        mask_head=tv_heads.mask_head,
+        mask_predictor=tv_heads.mask_predictor,
+    )
+    if state is not None:
+        load_weights(model, state, Path(weights))
+    return model
+
+
+def read_weights(path: str | Path) -> dict[str, torch.Tensor]:
+    """The state dict in a local ``.pth`` file (unwrapping ``{"model": ...}``/``{"state_dict":
+    ...}``); tensors only, nothing executed (``weights_only``)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"weights file {path} does not exist")
+    if not path.is_file():
+        raise InputError(f"weights file {path} is not a file")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:
+        first_line = (str(error).strip().splitlines() or [type(error).__name__])[0]
+        raise InputError(f"cannot read weights file {path}: {first_line}") from None
+    for key in ("model", "state_dict"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict) or not state:
+        raise InputError(f"weights file {path} holds no state dict")
+    if not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise InputError(f"weights file {path} holds something other than a state dict of tensors")
+    return state
+
+
+def load_weights(model: MaskRCNN, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load a full model state dict, or a backbone one (ResNet keys, ``fc.*`` ignored)."""
+    if any(k.startswith(("backbone.", "roi_heads.", "rpn.")) for k in state):
+        _check_compatible(model, state, path, "the model", ignored=())
+        model.load_state_dict(state, strict=False)
+    else:
+        body = model.backbone.body
+        _check_compatible(body, state, path, "the backbone", ignored=("fc.",))
+        body.load_state_dict(state, strict=False)
+
+
+def _check_compatible(
+    module: nn.Module,
+    state: dict[str, torch.Tensor],
+    path: Path,
+    what: str,
+    ignored: tuple[str, ...],
+) -> None:
+    """Raise one-line InputErrors for missing, unexpected or mis-shaped weights.
+
+    ``num_batches_tracked`` counters are ignored: frozen BatchNorm has none, regular BatchNorm
+    restores a missing one.
+    """
+
+    def relevant(key: str) -> bool:
+        return not key.endswith("num_batches_tracked") and not key.startswith(ignored)
+
+    expected = {k: v.shape for k, v in module.state_dict().items() if relevant(k)}
+    given = {k: v.shape for k, v in state.items() if relevant(k)}
+    missing = sorted(expected.keys() - given.keys())
+    unexpected = sorted(given.keys() - expected.keys())
+    if missing or unexpected:
+        detail = f"missing {missing[0]}" if missing else f"unexpected {unexpected[0]}"
+        raise InputError(
+            f"weights file {path} does not fit {what}: {len(missing)} weights missing, "
+            f"{len(unexpected)} unexpected ({detail})"
+        )
+    for key, shape in expected.items():
+        if given[key] != shape:
+            raise InputError(
+                f"weights file {path} does not fit {what}: {key} has shape "
+                f"{tuple(given[key])}, expected {tuple(shape)}"
+            )

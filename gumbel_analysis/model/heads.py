@@ -1,0 +1,222 @@
+"""Mask R-CNN's RoI heads with the classification loss and scores of the loss registry.
+
+torchvision's ``RoIHeads`` hard-codes softmax cross-entropy (``fastrcnn_loss``) and softmax scores
+(``postprocess_detections``). :class:`LossRoIHeads` subclasses it and re-orchestrates its public
+building blocks (sampling, RoI pooling, box head, box coder, ``maskrcnn_loss``,
+``maskrcnn_inference``) around a :class:`~gumbel_analysis.losses.ClassificationLoss`.
+
+Label conventions. torchvision's targets and outputs use ``0`` = background and ``1..C`` for the
+foreground classes; the losses use ``0..C-1`` for the foreground and ``C`` for the background, with
+logit columns ``[fg_0 .. fg_{C-1}, (bg)]``. The heads convert with :func:`to_loss_labels`
+(torchvision label ``k >= 1`` -> ``k - 1``, ``0`` -> ``C``) and output ``class index + 1``. Box
+regression and mask logits have exactly ``C`` class-specific outputs (no background slot), indexed
+by the loss's class index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torchvision.models.detection.roi_heads import (
+    RoIHeads,
+    maskrcnn_inference,
+    maskrcnn_loss,
+)
+from torchvision.ops import boxes as box_ops
+
+from gumbel_analysis.losses.base import ClassificationLoss
+
+#: Temperature of the normalised (cosine) mask predictor, as in the Seesaw Loss paper.
+MASK_COSINE_TEMPERATURE = 20.0
+#: torchvision's box-regression loss: smooth L1 with this beta.
+BOX_SMOOTH_L1_BETA = 1.0 / 9.0
+
+ClassLogitsCallback = Callable[[torch.Tensor, torch.Tensor], None]
+
+
+def to_loss_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """torchvision labels (0 = background, 1..C) -> loss labels (0..C-1, C = background)."""
+    return torch.where(labels > 0, labels - 1, torch.full_like(labels, num_classes))
+
+
+class BoxPredictor(nn.Module):
+    """Classifier with ``loss.num_outputs`` columns, initialised by the loss, and class-specific
+    box regression with ``4 C`` outputs (normal, std 0.001, as detectron2 and mmdetection)."""
+
+    def __init__(self, in_channels: int, loss: ClassificationLoss):
+        super().__init__()
+        self.cls_score = nn.Linear(in_channels, loss.num_outputs)
+        self.bbox_pred = nn.Linear(in_channels, loss.num_classes * 4)
+        loss.init_classifier(self.cls_score)
+        nn.init.normal_(self.bbox_pred.weight, std=0.001)
+        nn.init.zeros_(self.bbox_pred.bias)
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        x = x.flatten(start_dim=1)
+        return self.cls_score(x), self.bbox_pred(x)
+
+
+class CosineConv1x1(nn.Module):
+    """Normalised 1x1 convolution: ``T * cos(w_c, x) + b_c`` at every pixel.
+
+    Weights and features are L2-normalised over the channels, so the output does not change when
+    the features are scaled (the Seesaw Loss paper's normalised mask predictor, T = 20; the bias
+    follows its reference implementation).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        temperature: float = MASK_COSINE_TEMPERATURE,
+        eps: float = 1e-6,
+    ):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
+        self.temperature = float(temperature)
+        self.eps = eps
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x / (x.norm(dim=1, keepdim=True) + self.eps)
+        w = self.weight / (self.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + self.eps)
+        return F.conv2d(x, w * self.temperature, self.bias)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.weight.shape[1]}, {self.weight.shape[0]}, temperature={self.temperature}, "
+            f"eps={self.eps}"
+        )
+
+
+def box_regression_loss(
+    box_regression: torch.Tensor, loss_labels: torch.Tensor, regression_targets: torch.Tensor
+) -> torch.Tensor:
+    """torchvision's box loss: smooth L1 (beta 1/9) of the foreground RoIs' own-class deltas,
+    summed and divided by the number of sampled RoIs (background included)."""
+    num_classes = box_regression.shape[1] // 4
+    fg = torch.where(loss_labels < num_classes)[0]
+    deltas = box_regression.reshape(box_regression.shape[0], num_classes, 4)[fg, loss_labels[fg]]
+    loss = F.smooth_l1_loss(
+        deltas, regression_targets[fg], beta=BOX_SMOOTH_L1_BETA, reduction="sum"
+    )
+    return loss / max(loss_labels.numel(), 1)
+
+
+class LossRoIHeads(RoIHeads):
+    """``RoIHeads`` whose classifier is trained with ``classification_loss`` and scored with its
+    activation. Takes RoIHeads' keyword arguments plus the loss.
+
+    ``on_class_logits`` (default None) is called in training as ``f(logits, loss_labels)`` right
+    after the classifier, so a gradient recorder can hook the logits tensor.
+    """
+
+    def __init__(self, classification_loss: ClassificationLoss, **roi_heads_kwargs):
+        super().__init__(**roi_heads_kwargs)
+        self.classification_loss = classification_loss
+        self.on_class_logits: ClassLogitsCallback | None = None
+
+    @property
+    def num_classes(self) -> int:
+        return self.classification_loss.num_classes
+
+    def forward(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]] | None = None,
+    ) -> tuple[list[dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+        if self.training:
+            proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
+                proposals, targets
+            )
+        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
+        class_logits, box_regression = self.box_predictor(box_features)
+
+        if not self.training:
+            boxes, scores, labels = self.postprocess_detections(
+                class_logits, box_regression, proposals, image_shapes
+            )
+            result = [
+                {"boxes": b, "labels": k, "scores": s}
+                for b, k, s in zip(boxes, labels, scores, strict=True)
+            ]
+            if self.has_mask():
+                mask_logits = self.mask_logits(features, boxes, image_shapes)
+                masks = maskrcnn_inference(mask_logits, [k - 1 for k in labels])
+                for r, m in zip(result, masks, strict=True):
+                    r["masks"] = m
+            return result, {}
+
+        loss_labels = to_loss_labels(torch.cat(labels), self.num_classes)
+        if self.on_class_logits is not None:
+            self.on_class_logits(class_logits, loss_labels)
+        losses = {
+            "loss_classifier": self.classification_loss(class_logits, loss_labels),
+            "loss_box_reg": box_regression_loss(
+                box_regression, loss_labels, torch.cat(regression_targets)
+            ),
+        }
+        if self.has_mask():
+            # Masks are trained on the foreground RoIs only, against their matched instance.
+            fg = [torch.where(k > 0)[0] for k in labels]
+            fg_boxes = [p[i] for p, i in zip(proposals, fg, strict=True)]
+            fg_matched = [m[i] for m, i in zip(matched_idxs, fg, strict=True)]
+            losses["loss_mask"] = maskrcnn_loss(
+                self.mask_logits(features, fg_boxes, image_shapes),
+                fg_boxes,
+                [t["masks"] for t in targets],
+                [t["labels"] - 1 for t in targets],
+                fg_matched,
+            )
+        return [], losses
+
+    def mask_logits(
+        self,
+        features: dict[str, torch.Tensor],
+        boxes: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """Mask logits [K, C, M, M] of the boxes (all images concatenated)."""
+        return self.mask_predictor(
+            self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
+        )
+
+    def postprocess_detections(
+        self,
+        class_logits: torch.Tensor,
+        box_regression: torch.Tensor,
+        proposals: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """Per image: class-specific boxes decoded and clipped, scores from the loss's activation
+        (background column dropped), then as torchvision: score > ``score_thresh``, boxes wider
+        and taller than 0.01, NMS per class at ``nms_thresh``, the top ``detections_per_img``.
+
+        Returns boxes [K, 4], scores [K] and labels [K] in 1..C per image.
+        """
+        num_classes = self.num_classes
+        per_image = [len(p) for p in proposals]
+        # float32 even under autocast: half precision cannot place boxes in 1333 px images.
+        all_boxes = self.box_coder.decode(box_regression.float(), proposals).split(per_image)
+        all_scores = self.classification_loss.scores(class_logits).split(per_image)
+        out_boxes, out_scores, out_labels = [], [], []
+        for boxes, scores, shape in zip(all_boxes, all_scores, image_shapes, strict=True):
+            boxes = box_ops.clip_boxes_to_image(boxes, shape).reshape(-1, 4)
+            labels = torch.arange(1, num_classes + 1, device=scores.device).repeat(len(scores))
+            scores = scores.reshape(-1)
+            keep = torch.where(scores > self.score_thresh)[0]
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.remove_small_boxes(boxes, min_size=1e-2)
+            boxes, scores, labels = boxes[keep], scores[keep], labels[keep]
+            keep = box_ops.batched_nms(boxes, scores, labels, self.nms_thresh)
+            keep = keep[: self.detections_per_img]
+            out_boxes.append(boxes[keep])
+            out_scores.append(scores[keep])
+            out_labels.append(labels[keep])
+        return out_boxes, out_scores, out_labels
