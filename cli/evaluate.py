@@ -8,8 +8,6 @@ from typing import Annotated
 import typer
 
 from gumbel_analysis.cli.common import JsonOption, console, print_json, reports_input_errors
-from gumbel_analysis.engine.evaluate import metrics_table
-from gumbel_analysis.engine.inference import evaluate_checkpoint
 
 
 @reports_input_errors
@@ -28,6 +26,9 @@ def evaluate(
     Writes results.json (bbox and segm, the LVIS results format every LVIS tool reads) and
     metrics.json (AP, AP50, AP75, APs, APm, APl, APr, APc, APf, APb) beside the checkpoint.
     """
+    from gumbel_analysis.engine.evaluate import metrics_table
+    from gumbel_analysis.engine.inference import evaluate_checkpoint
+
     metrics, run = evaluate_checkpoint(
         source,
         data=str(data) if data is not None else None,

@@ -7,7 +7,6 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gumbel_analysis.analysis.init_bias import init_bias_report
 from gumbel_analysis.cli.common import (
     JsonOption,
     SeedOption,
@@ -39,6 +38,8 @@ def init_bias(
     way, runs a random batch through the loss and autograd and reports the measured gradients,
     beside the Sigmoid bias with the same prior (sigmoid(b) = 1/C).
     """
+    from gumbel_analysis.analysis.init_bias import init_bias_report
+
     report = init_bias_report(num_classes, temperature, proposals, features, seed)
     if as_json:
         print_json(report)

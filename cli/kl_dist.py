@@ -17,8 +17,8 @@ from gumbel_analysis.analysis.kl import (
     KLComparison,
     KLOptions,
     compare_runs,
-    plot_kl_dist,
 )
+from gumbel_analysis.analysis.kl_plot import plot_kl_dist
 from gumbel_analysis.cli.common import (
     JsonOption,
     SeedOption,

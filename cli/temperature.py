@@ -8,11 +8,8 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gumbel_analysis.analysis.plots import check_figure_path
-from gumbel_analysis.analysis.temperature import PAPER_SIGMAS, cutoff_table, plot_temperature
 from gumbel_analysis.cli.common import JsonOption, console, print_json, reports_input_errors
-from gumbel_analysis.losses.gumbel import PAPER_CLIP
-from gumbel_analysis.math import check_clip_range, check_temperature
+from gumbel_analysis.paper import PAPER_CLIP, PAPER_SIGMAS
 
 
 @reports_input_errors
@@ -42,6 +39,10 @@ def temperature(
     clip bound at q discards. The cut-off error of [low, high] is 1 - eta(high) at the top and
     eta(low) at the bottom: about 4.5e-5 and 1.9e-24 at [-4, 10] with sigma = 1.
     """
+    from gumbel_analysis.analysis.plots import check_figure_path
+    from gumbel_analysis.analysis.temperature import cutoff_table, plot_temperature
+    from gumbel_analysis.math import check_clip_range, check_temperature
+
     sigmas = list(sigma) if sigma else list(PAPER_SIGMAS)
     for s in sigmas:
         check_temperature(s)

@@ -9,18 +9,20 @@ from scipy.stats import entropy
 from typer.testing import CliRunner
 
 from gumbel_analysis.analysis import kl as klmod
+from gumbel_analysis.analysis import kl_plot
 from gumbel_analysis.analysis.kl import (
     KLOptions,
     choose_rows,
     compare_runs,
     ground_truth_from_dict,
     kl_divergence,
-    read_results,
     select_detections,
     smoothed,
 )
 from gumbel_analysis.cli.app import app
+from gumbel_analysis.data import lvis_results
 from gumbel_analysis.data.lvis_io import load_lvis_json
+from gumbel_analysis.data.lvis_results import read_results
 from gumbel_analysis.errors import InputError
 
 runner = CliRunner()
@@ -317,10 +319,12 @@ def test_parsing_in_pieces_gives_what_json_load_gives(
 ):
     triples = random_triples(500)
     path = write_results(tmp_path / "r.json", triples, kind, indent=indent)
-    monkeypatch.setattr(klmod, "_CHUNK_BYTES", chunk)  # many pieces, cut anywhere
-    assert len(klmod._piece_ranges(path)) > 10
+    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", chunk)  # many pieces, cut anywhere
+    assert len(lvis_results._piece_ranges(path)) > 10
     calls = []
-    monkeypatch.setattr(klmod, "_parse_whole", lambda p: calls.append(p))  # must not be needed
+    monkeypatch.setattr(
+        lvis_results, "_parse_whole", lambda p: calls.append(p)
+    )  # must not be needed
     done = []
     image_ids, category_ids, scores = read_results(path, done.append, workers=workers)
     assert not calls
@@ -338,7 +342,7 @@ def test_a_bad_detection_in_a_later_piece_is_named_by_its_index_in_the_file(
     entries[250]["category_id"] = "cup"
     path = tmp_path / "r.json"
     path.write_text(json.dumps(entries))
-    monkeypatch.setattr(klmod, "_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 1000)
     with pytest.raises(InputError, match=r"detection 250 has category_id 'cup'"):
         read_results(path, workers=workers)
 
@@ -351,7 +355,7 @@ def test_a_separator_inside_a_string_still_parses_right(tmp_path, monkeypatch):
     entries[7]["parts"] = [{"a": 1}, {"b": [2, {"c": 3}]}]
     path = tmp_path / "odd.json"
     path.write_text(json.dumps(entries))
-    monkeypatch.setattr(klmod, "_CHUNK_BYTES", 50)
+    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 50)
     image_ids, _, scores = read_results(path)
     assert image_ids.tolist() == list(range(40))
     assert scores.tolist() == [0.5] * 40
@@ -447,11 +451,11 @@ def test_thumbnail_blends_the_ground_truth_masks(tmp_path):
     data = make_gt()
     image = data["images"][0]
     anns = [a for a in data["annotations"] if a["image_id"] == 10]
-    picture = klmod._thumbnail(tmp_path, image, anns)
+    picture = kl_plot._thumbnail(tmp_path, image, anns)
     assert picture.shape == (40, 60, 3)
     assert picture[10, 15].sum() > 0  # inside the polygon [5, 25] x [5, 15]
     assert picture[30, 50].sum() == 0  # outside
-    assert klmod._thumbnail(tmp_path, {**image, "file_name": "missing.png"}, anns) is None
+    assert kl_plot._thumbnail(tmp_path, {**image, "file_name": "missing.png"}, anns) is None
 
 
 def bad_cli_inputs(tmp_path, gt, runs):
@@ -530,7 +534,7 @@ def test_cli_with_worker_processes_gives_the_same_json(files, tmp_path, monkeypa
         )
     ]  # fmt: skip
     runs = [write_results(tmp_path / "a.json", dets), write_results(tmp_path / "b.json", dets[::2])]
-    monkeypatch.setattr(klmod, "_CHUNK_BYTES", 2000)
+    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 2000)
     outputs = []
     for workers in ("1", "2"):
         args = ["kl-dist", "--gt", str(gt), *map(str, runs), "--json", "--workers", workers]
@@ -546,7 +550,7 @@ def test_a_bad_ground_truth_stops_the_workers_cleanly(tmp_path, monkeypatch):
     results = write_results(tmp_path / "r.json", random_triples(400))
     not_lvis = tmp_path / "gt.json"
     not_lvis.write_text(json.dumps({"images": [], "annotations": []}))
-    monkeypatch.setattr(klmod, "_CHUNK_BYTES", 2000)
+    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 2000)
     with pytest.raises(InputError, match="is not LVIS"):
         compare_runs(not_lvis, [results], workers=2)
 
@@ -573,8 +577,8 @@ def test_reads_what_gumbel_eval_writes(tmp_path, monkeypatch):
     assert "segmentation" in results[0]
     path = tmp_path / "eval.json"
     write_results(path, results)
-    monkeypatch.setattr(klmod, "_CHUNK_BYTES", 500)
-    monkeypatch.setattr(klmod, "_parse_whole", lambda p: pytest.fail("pieces should parse"))
+    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 500)
+    monkeypatch.setattr(lvis_results, "_parse_whole", lambda p: pytest.fail("pieces should parse"))
     image_ids, category_ids, scores = read_results(path, workers=1)
     assert image_ids.tolist() == [r["image_id"] for r in results]
     assert category_ids.tolist() == [r["category_id"] for r in results]

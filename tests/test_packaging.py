@@ -49,3 +49,19 @@ def test_pyproject_declares_ranges_not_pins():
     deps = re.search(r"dependencies = \[(.*?)\]", text, re.S).group(1)
     assert "==" not in deps
     assert '"torch>=2.4"' in deps
+
+
+def test_the_command_line_starts_without_torch(tmp_path):
+    # Commands import the library when they run: --help, kl-dist and grads never load torch.
+    code = "import sys, gumbel_analysis.cli.app; print('torch' in sys.modules)"
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == "False"
+
+
+def test_train_command_offers_exactly_the_registered_losses():
+    from gumbel_analysis.cli.train import LOSS_NAMES
+    from gumbel_analysis.losses import available_losses
+
+    assert sorted(LOSS_NAMES) == available_losses()

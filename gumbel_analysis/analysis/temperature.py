@@ -12,9 +12,7 @@ import torch
 
 from gumbel_analysis.analysis.plots import apply_style, save_figure
 from gumbel_analysis.math import check_clip_range, check_temperature, cutoff_error, eta
-
-#: The temperatures of Sec. 1.2.
-PAPER_SIGMAS = (0.8, 0.9, 1.0, 1.1, 1.2)
+from gumbel_analysis.paper import PAPER_SIGMAS  # noqa: F401 - re-export
 
 
 def cutoff_table(sigmas: Sequence[float], low: float, high: float) -> list[dict[str, float]]:

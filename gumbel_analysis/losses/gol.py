@@ -33,13 +33,7 @@ from gumbel_analysis.losses.baselines import (
 )
 from gumbel_analysis.losses.gumbel import PAPER_CLIP, GumbelMode
 from gumbel_analysis.losses.registry import register_loss
-
-#: Training images of LVIS v1.
-LVIS_V1_TRAIN_IMAGES = 100_170
-#: Lambda that splits LVIS v1 at the common/frequent border: rare (<= 10 images) and common
-#: (11-100 images) have f_c <= 100 / 100170 < lambda, frequent (> 100 images) f_c >= 101 / 100170.
-#: The reference configuration uses 0.0011, which also drops frequent classes with 101-110 images.
-LVIS_V1_LAMBDA = 100.5 / LVIS_V1_TRAIN_IMAGES
+from gumbel_analysis.paper import LVIS_V1_LAMBDA, LVIS_V1_TRAIN_IMAGES  # noqa: F401 - re-export
 
 
 class DropVariant(StrEnum):

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from gumbel_analysis.math import LN2, check_clip_range, check_temperature
+from gumbel_analysis.paper import PAPER_CLIP, PAPER_LOSS_CLAMP
 
 
 class GumbelMode(StrEnum):
@@ -47,10 +48,6 @@ class GumbelMode(StrEnum):
     PAPER = "paper"
     NONE = "none"
 
-
-#: The reference code's clip range and the clamp of its reduced loss (Sec. 1.3).
-PAPER_CLIP = (-4.0, 10.0)
-PAPER_LOSS_CLAMP = (0.0, 20.0)
 
 # Rows per chunk so one [rows, K] float32 buffer is about 1 MiB (seven of them stay in L2).
 _CHUNK_ELEMENTS = 1 << 18
