@@ -23,13 +23,11 @@ from __future__ import annotations
 from enum import StrEnum
 
 import torch
-from torch import nn
 
 from gumbel_analysis.losses.baselines import (
     SIGMOID_PRIOR_PROB,
     GumbelBCE,
     SigmoidBCE,
-    init_gumbel_classifier,
 )
 from gumbel_analysis.losses.gumbel import PAPER_CLIP, GumbelMode
 from gumbel_analysis.losses.registry import register_loss
@@ -125,10 +123,11 @@ class _DropLossMixin:
         )
         return self.last_weights
 
-    def drop_repr(self) -> str:
+    def extra_repr(self) -> str:
         return (
-            f"lambda={self.lambda_:.6g}, rare_classes={self.num_rare_classes}, "
-            f"variant={self.variant.value}, background_dropping={self.background_dropping}"
+            f"{super().extra_repr()}, lambda={self.lambda_:.6g}, "
+            f"rare_classes={self.num_rare_classes}, variant={self.variant.value}, "
+            f"background_dropping={self.background_dropping}"
         )
 
 
@@ -155,12 +154,6 @@ class GOL(_DropLossMixin, GumbelBCE):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_inputs(logits, labels)
         return self.gumbel_loss(logits, labels, self.weights(labels))
-
-    def init_classifier(self, layer: nn.Linear) -> None:
-        init_gumbel_classifier(layer, self.num_classes + 1, self.temperature)
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self.drop_repr()}"
 
 
 @register_loss("gol-star")
@@ -190,9 +183,6 @@ class DropLoss(_DropLossMixin, SigmoidBCE):
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_inputs(logits, labels)
         return self.sigmoid_loss(logits, labels, self.weights(labels))
-
-    def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, {self.drop_repr()}"
 
 
 @register_loss("eql")
