@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from gumbel_analysis.cli import evaluate, init_bias, kl_dist, make_data, temperature, train
+from gumbel_analysis.cli import evaluate, grads, init_bias, kl_dist, make_data, temperature, train
 from gumbel_analysis.cli.common import multi_value_command
 
 app = typer.Typer(
@@ -23,6 +23,7 @@ app.command("init-bias")(init_bias.init_bias)
 app.command("make-data")(make_data.make_data)
 app.command("temperature", cls=multi_value_command("--sigma", "-s"))(temperature.temperature)
 app.command("kl-dist", cls=multi_value_command("--labels", "--images"))(kl_dist.kl_dist)
+app.command("grads", cls=multi_value_command("--labels"))(grads.grads)
 
 
 def main() -> None:

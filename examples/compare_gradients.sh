@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Figure 2 on the embedded dataset: train Gumbel and Sigmoid heads (same seed, same data), then
-# compare the mean positive gradient per category in dB (gumbel - sigmoid, by frequency group).
+# compare the mean positive gradient per category in dB (gumbel - sigmoid: the first run is
+# the reference), by frequency group.
 # Usage: examples/compare_gradients.sh [OUT_DIR] [extra gumbel train options...]
 set -euo pipefail
 out=${1:-runs/compare}
@@ -11,6 +12,6 @@ for loss in gumbel sigmoid; do
     "$gumbel" train --loss "$loss" --out "$out/$loss" "$@"
   fi
 done
-"$gumbel" grads "$out/gumbel" "$out/sigmoid" --plot "$out/grads.png"
-"$gumbel" grads "$out/gumbel" "$out/sigmoid" --json > "$out/grads.json"
+"$gumbel" grads "$out/sigmoid" "$out/gumbel" --plot "$out/grads.png"
+"$gumbel" grads "$out/sigmoid" "$out/gumbel" --json > "$out/grads.json"
 echo "figure: $out/grads.png  numbers: $out/grads.json"

@@ -23,8 +23,12 @@ from gumbel_analysis.io import atomic_path
 
 SCHEMA = "gumbel-analysis/grad-log"
 SCHEMA_VERSION = 1
+#: The log's file name in a run folder.
+LOG_NAME = "grads.h5"
 #: The per-category quantities, in the order of the recorder's [4, C] sums.
 QUANTITIES = ("positive_sum", "positive_count", "negative_sum", "negative_count")
+#: The per-row indices; written after the quantities, so a row with an iteration is complete.
+INDEX_DATASETS = ("iteration", "epoch")
 _DTYPES = {
     "positive_sum": "f8",
     "positive_count": "i8",
@@ -141,7 +145,7 @@ def _create(f: h5py.File, attributes: dict, categories: Sequence[dict], kept: di
             compression="gzip",
             compression_opts=4,
         )
-    for name in ("iteration", "epoch"):
+    for name in INDEX_DATASETS:
         data = kept[name] if kept else np.zeros((0,), dtype="i8")
         f.create_dataset(name, data=data, maxshape=(None,), chunks=(1024,), dtype="i8")
 
@@ -152,7 +156,7 @@ def _read_rows(path: Path, resume_after: int) -> dict[str, np.ndarray] | None:
         return None
     with h5py.File(path, "r", swmr=True) as f:
         # A row is complete once its iteration is written (see append): cut at the shortest.
-        n = min(f[name].shape[0] for name in (*QUANTITIES, "iteration", "epoch"))
+        n = min(f[name].shape[0] for name in (*QUANTITIES, *INDEX_DATASETS))
         iterations = f["iteration"][:n]
         keep = int(np.searchsorted(iterations, resume_after, side="right"))
-        return {name: f[name][:keep] for name in (*QUANTITIES, "iteration", "epoch")}
+        return {name: f[name][:keep] for name in (*QUANTITIES, *INDEX_DATASETS)}

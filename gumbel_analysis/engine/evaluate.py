@@ -47,9 +47,9 @@ _METRIC_HELP = {
     "APs": "small, area < 32²",
     "APm": "medium, 32² to 96²",
     "APl": "large, area > 96²",
-    "APr": "rare categories (< 10 images)",
-    "APc": "common categories (10-99 images)",
-    "APf": "frequent categories (≥ 100 images)",
+    "APr": "rare categories (frequency r)",
+    "APc": "common categories (frequency c)",
+    "APf": "frequent categories (frequency f)",
 }
 
 

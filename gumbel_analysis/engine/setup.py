@@ -15,6 +15,7 @@ from gumbel_analysis.data.synthetic import SyntheticSpec, default_cache_root, en
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.config import TrainConfig
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.hooks.grad_log import LOG_NAME
 from gumbel_analysis.losses import ClassificationLoss, build_loss
 from gumbel_analysis.losses.baselines import GumbelBCE
 from gumbel_analysis.losses.gol import _DropLossMixin
@@ -58,7 +59,7 @@ class RunPaths:
 
     @property
     def grads(self) -> Path:
-        return self.root / "grads.h5"
+        return self.root / LOG_NAME
 
 
 def data_paths(data: str | None) -> DataPaths:
