@@ -8,15 +8,27 @@ A hook is a small object with ``before_train``, ``before_step``, ``after_backwar
 :class:`GradientLogWriter` appends them to an HDF5 file (``docs/grad-log.md``).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from gumbel_analysis.hooks.base import HookBase, HookList
 from gumbel_analysis.hooks.grad_log import GradientLogWriter, log_attributes
-from gumbel_analysis.hooks.gradient_recorder import QUANTITIES, PositiveGradientRecorder
+
+if TYPE_CHECKING:
+    from gumbel_analysis.hooks.gradient_recorder import PositiveGradientRecorder
 
 __all__ = [
-    "QUANTITIES",
     "GradientLogWriter",
     "HookBase",
     "HookList",
     "PositiveGradientRecorder",
     "log_attributes",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # The recorder needs torch; reading a log (gumbel grads) must not load it.
+    if name == "PositiveGradientRecorder":
+        from gumbel_analysis.hooks.gradient_recorder import PositiveGradientRecorder
+
+        return PositiveGradientRecorder
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
