@@ -22,6 +22,8 @@ LAMBDA = 1e-3
 def test_foreground_rows_drop_rare_negatives_and_keep_the_positive():
     labels = torch.tensor([0, 2, 3])
     w = drop_weights(labels, RARE)
+    assert w.dtype == torch.bool  # 0/1 weights, a quarter of the memory of float32
+    w = w.float()
     expected = torch.tensor(
         [
             [1.0, 0.0, 1.0, 1.0],  # label 0 (rare): its own column kept, rare class 1 dropped
@@ -56,7 +58,7 @@ def test_background_rows_are_bernoulli_draws_with_mu(variant):
     labels = torch.cat([torch.tensor([0, 2, 2, 3]), torch.full((20000,), 4)])
     gen = torch.Generator().manual_seed(1)
     w = drop_weights(labels, RARE, variant=variant, generator=gen)
-    bg = w[4:]
+    bg = w[4:].float()
     assert set(bg.unique().tolist()) <= {0.0, 1.0}
     kept = bg.mean(0)
     expected = keep_probabilities(labels[:4], RARE, variant)
@@ -76,7 +78,7 @@ def test_reference_variant_always_keeps_background_negatives_above_lambda():
 
 def test_eql_weights_keep_every_background_negative():
     labels = torch.tensor([0, 3, 4, 4, 4])
-    w = drop_weights(labels, RARE, background_dropping=False)
+    w = drop_weights(labels, RARE, background_dropping=False).float()
     assert (w[2:] == 1).all()
     assert w[1].tolist() == [0.0, 0.0, 1.0, 1.0]
 

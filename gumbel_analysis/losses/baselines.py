@@ -104,6 +104,8 @@ class SigmoidBCE(ClassificationLoss):
     def sigmoid_loss(self, logits, labels, weight=None):
         q = _compute_dtype(logits)
         target = one_hot_targets(labels, logits.shape[1], self.with_background).to(q.dtype)
+        if weight is not None:
+            weight = weight.to(q.dtype)
         loss = F.binary_cross_entropy_with_logits(q, target, weight=weight, reduction="sum")
         return loss / max(logits.shape[0], 1)
 

@@ -47,30 +47,27 @@ def drop_weights(
     variant: DropVariant | str = DropVariant.EQUATION,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """The [N, C] weights of Eq. 5 for labels in ``[0, C]`` (C = background).
+    """The [N, C] weights of Eq. 5 for labels in ``[0, C]`` (C = background), as booleans
+    (True keeps the entry; the weights are 0 or 1, and booleans are a quarter of the memory).
 
     ``rare`` is the [C] boolean ``T_lambda(f_j)``. ``background_dropping=False`` gives EQL's
     weights (foreground rule only).
     """
     variant = DropVariant(variant)
     num_classes = rare.numel()
-    rare_f = rare.to(torch.float32)
     n = labels.shape[0]
-    weight = torch.ones((n, num_classes), dtype=torch.float32, device=labels.device)
     fg = labels < num_classes
     fg_labels = labels[fg]
+    weight = torch.ones((n, num_classes), dtype=torch.bool, device=labels.device)
+    if background_dropping and fg_labels.numel() < n:
+        mu = keep_probabilities(fg_labels, rare, variant)
+        draw = torch.rand(
+            (n - fg_labels.numel(), num_classes), generator=generator, device=labels.device
+        )
+        weight[~fg] = draw < mu
     # Foreground: drop rare-class negatives, keep the positive.
-    fg_rows = fg.nonzero().squeeze(1)
-    weight[fg_rows] = (1.0 - rare_f).expand(fg_rows.numel(), num_classes)
-    weight[fg_rows, fg_labels] = 1.0
-    if background_dropping:
-        bg_rows = (~fg).nonzero().squeeze(1)
-        if bg_rows.numel():
-            mu = keep_probabilities(fg_labels, rare, variant)
-            draw = torch.rand(
-                (bg_rows.numel(), num_classes), generator=generator, device=labels.device
-            )
-            weight[bg_rows] = (draw < mu).to(torch.float32)
+    weight[fg] = ~rare
+    weight[fg.nonzero().squeeze(1), fg_labels] = True
     return weight
 
 

@@ -215,7 +215,7 @@ class _GumbelBCEFunction(torch.autograd.Function):
             # The full pass above treated the target-1 entries as negatives: swap their terms.
             qp = logits.detach()[rows, cols].to(grad.dtype)
             pos_loss, pos_grad = positive_terms(qp / sigma, sigma, low)
-            wp = torch.ones_like(qp) if weight is None else weight[rows, cols]
+            wp = torch.ones_like(qp) if weight is None else weight[rows, cols].to(qp.dtype)
             neg_sum, _ = negative_terms(qp[:, None], sigma, 1.0, wp[:, None])
             total = total + (wp * pos_loss).sum(dtype=torch.float64) - neg_sum
             grad[rows, cols] = wp * pos_grad * scale
@@ -273,7 +273,8 @@ def gumbel_bce(
             f"exp(-low / temperature) = exp({-low / temperature:g}) overflows float32; "
             "raise the low bound or the temperature"
         )
-    if weight is not None:
+    if weight is not None and weight.dtype != torch.bool:
+        # Boolean weights (GOL's) stay boolean: the kernel multiplies by them chunk by chunk.
         weight = weight.detach().to(
             torch.float64 if logits.dtype == torch.float64 else torch.float32
         )
