@@ -171,3 +171,10 @@ def test_python_dash_m_runs_the_cli():
         check=True,
     )
     assert json.loads(out.stdout)["num_classes"] == 10
+
+
+def test_figure_labels_cut_off_errors_beyond_float64():
+    from gumbel_analysis.analysis.temperature import _scientific
+
+    assert _scientific(math.log10(4.54e-5)) == "4.5e-05"
+    assert _scientific(-400.3) == "5.0e-401"  # exp(-exp(...)) far below float64's range

@@ -57,18 +57,21 @@ def plot_temperature(
         bottom = -a / ln10  # log10(eta): error of a lower clip at q
         ax_err.plot(q[q > 0], top[q > 0], color=color, lw=1.8, label=f"σ={s:g}")
         ax_err.plot(q[q < 0], bottom[q < 0], color=color, lw=1.8, ls=":")
-    for bound, err in (
-        (high, cutoff_error(low, high, 1.0)["top_error_log10"]),
-        (low, cutoff_error(low, high, 1.0)["bottom_error_log10"]),
+    reference = cutoff_error(low, high, 1.0)
+    for bound, log10_err, side in (
+        (high, reference["top_error_log10"], "right"),
+        (low, reference["bottom_error_log10"], "left"),
     ):
         ax_err.axvline(bound, color="tab:orange", lw=1.0)
         ax_err.annotate(
-            f"σ=1: 1e{err:.1f}",
-            (bound, err),
+            f"σ=1: {_scientific(log10_err)}",
+            (bound, max(log10_err, -58.0)),
             textcoords="offset points",
-            xytext=(4, 6),
+            xytext=(-6 if side == "right" else 6, -14),
+            ha=side,
             fontsize=8,
             color="tab:orange",
+            bbox={"boxstyle": "round,pad=0.2", "fc": "white", "ec": "none", "alpha": 0.85},
         )
     ax_err.set_ylim(-60, 1)
     ax_err.set(
@@ -78,3 +81,9 @@ def plot_temperature(
     )
     ax_err.legend(fontsize=8, loc="lower right")
     return save_figure(fig, path)
+
+
+def _scientific(log10_value: float) -> str:
+    """``1.9e-24`` from its log10 (the value itself may underflow float64)."""
+    exponent = math.floor(log10_value)
+    return f"{10 ** (log10_value - exponent):.1f}e{exponent:+03d}"
