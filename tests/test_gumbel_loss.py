@@ -321,3 +321,13 @@ def test_numpy_reference_agrees_on_a_known_point():
     # One positive at q = 0 and one negative at q = 0, sigma = 1: loss = 1 - log(1 - e^-1).
     loss = gumbel_bce(torch.zeros(1, 2, dtype=torch.float64), torch.tensor([0]))
     assert float(loss) == pytest.approx(1 - np.log1p(-np.exp(-1.0)), rel=1e-15)
+
+
+def test_a_confident_positive_does_not_cancel_a_small_loss():
+    # The positive's negative term (~40) must never enter the sum: adding and removing it
+    # would leave only ~1e-11 relative precision of the ~1e-4 that remains.
+    for q_neg in torch.linspace(-2.6, -1.6, 41, dtype=torch.float64).tolist():
+        x = torch.tensor([[40.0, q_neg]], dtype=torch.float64)
+        got = gumbel_bce(x, torch.tensor([0]))
+        expected = math.exp(-40.0) - math.log1p(-math.exp(-math.exp(-q_neg)))
+        assert float(got) == pytest.approx(expected, rel=1e-14, abs=0), q_neg

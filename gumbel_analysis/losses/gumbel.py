@@ -77,8 +77,10 @@ def _negative_terms_chunk(
     weight: torch.Tensor | None,
     bufs: list[torch.Tensor],
     limits: _Limits,
+    skip: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> torch.Tensor:
-    """Write ``grad_scale * w * d(-log(1 - eta))/dq`` into ``grad_out``; return ``sum(w * loss)``.
+    """Write ``grad_scale * w * d(-log(1 - eta))/dq`` into ``grad_out``; return ``sum(w * loss)``
+    over the chunk's entries except the (row, column) pairs in ``skip``.
 
     With ``a = exp(-z)``:
     * ``a > series_max``: ``r = exp(-a)``, ``u = 1 - r`` and ``-log1p(-r)`` as
@@ -117,6 +119,10 @@ def _negative_terms_chunk(
     _select_(x, y, m, t)
     if weight is not None:
         x.mul_(weight)
+    if skip is not None:
+        # Left out of the sum rather than subtracted later: a confident positive's negative
+        # term is ~z, and adding then removing it would cancel the batch's small losses.
+        x[skip] = 0.0
     total = x.sum(dtype=torch.float64)
     torch.mul(w, -1.0 / 1209600.0, out=y)
     y.add_(1.0 / 30240.0).mul_(w).sub_(1.0 / 720.0).mul_(w).add_(1.0 / 12.0).mul_(w)
@@ -141,11 +147,13 @@ def negative_terms(
     sigma: float,
     grad_scale: float = 1.0,
     weight: torch.Tensor | None = None,
+    skip: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Sum of ``w * -log(1 - eta(q; sigma))`` over all entries (float64) and its gradient.
 
     ``q`` is [N, K]; computed in float32 (float64 for float64 input). The gradient tensor, of the
-    compute dtype, is scaled by ``grad_scale``.
+    compute dtype, is scaled by ``grad_scale``. ``skip``: (rows, columns), rows ascending, of
+    entries left out of the sum (their gradient is still written).
     """
     compute = torch.float64 if q.dtype == torch.float64 else torch.float32
     limits = _Limits(compute)
@@ -158,8 +166,16 @@ def negative_terms(
     rows = n if q.device.type != "cpu" else max(1, min(n, _CHUNK_ELEMENTS // k))
     bufs = [torch.empty((rows, k), dtype=compute, device=q.device) for _ in range(7)]
     inv_sigma = 1.0 / sigma
-    for start in range(0, n, rows):
+    bounds = None
+    if skip is not None:
+        starts = torch.arange(0, n + rows, rows, device=q.device).clamp(max=n)
+        bounds = torch.searchsorted(skip[0], starts).tolist()
+    for i, start in enumerate(range(0, n, rows)):
         stop = start + rows
+        chunk_skip = None
+        if bounds is not None and bounds[i + 1] > bounds[i]:
+            part = slice(bounds[i], bounds[i + 1])
+            chunk_skip = (skip[0][part] - start, skip[1][part])
         total += _negative_terms_chunk(
             q[start:stop],
             inv_sigma,
@@ -168,6 +184,7 @@ def negative_terms(
             None if weight is None else weight[start:stop],
             bufs,
             limits,
+            chunk_skip,
         )
     return total, grad
 
@@ -209,15 +226,15 @@ class _GumbelBCEFunction(torch.autograd.Function):
     def forward(ctx, logits, labels, weight, sigma, low, with_background):
         n = logits.shape[0]
         scale = 1.0 / max(n, 1)
-        total, grad = negative_terms(logits.detach(), sigma, scale, weight)
         rows, cols = _positive_index(labels, logits.shape[1], with_background)
+        # The full pass sums the negative terms of every entry but the target-1 ones, whose
+        # gradient it also writes and which are then replaced by the positive terms.
+        total, grad = negative_terms(logits.detach(), sigma, scale, weight, skip=(rows, cols))
         if rows.numel():
-            # The full pass above treated the target-1 entries as negatives: swap their terms.
             qp = logits.detach()[rows, cols].to(grad.dtype)
             pos_loss, pos_grad = positive_terms(qp / sigma, sigma, low)
             wp = torch.ones_like(qp) if weight is None else weight[rows, cols].to(qp.dtype)
-            neg_sum, _ = negative_terms(qp[:, None], sigma, 1.0, wp[:, None])
-            total = total + (wp * pos_loss).sum(dtype=torch.float64) - neg_sum
+            total = total + (wp * pos_loss).sum(dtype=torch.float64)
             grad[rows, cols] = wp * pos_grad * scale
         ctx.save_for_backward(grad)
         ctx.input_dtype = logits.dtype
