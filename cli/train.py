@@ -88,7 +88,7 @@ def train(
     lr: Annotated[float | None, typer.Option(help="Learning rate for a total batch of 16.")] = None,
     weights: Annotated[Path | None, typer.Option(help="Local backbone or model weights.")] = None,
     out: Annotated[
-        Path | None, typer.Option(help="Run folder. Default: runs/<preset>-<loss>-<time>.")
+        Path | None, typer.Option(help="Run folder. Default: runs/PRESET-LOSS-TIME.")
     ] = None,
     resume: Annotated[
         bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
