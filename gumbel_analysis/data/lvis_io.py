@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -61,13 +62,19 @@ def patch_lvis_numpy() -> None:
             module.np = _NumpyWithAliases()
 
 
-def read_json(path: str | os.PathLike, what: str = "JSON file") -> Any:
+def read_json(
+    path: str | os.PathLike,
+    what: str = "JSON file",
+    object_hook: Callable[[dict], Any] | None = None,
+) -> Any:
+    """``json.load`` with one clear :class:`InputError` for a missing, truncated or binary file
+    (``what`` names the file in the message)."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     try:
         with path.open("rb") as f:
-            return json.load(f)
+            return json.load(f, object_hook=object_hook)
     except json.JSONDecodeError as err:
         raise InputError(
             f"{what} {path} is not valid JSON (truncated?): {err.msg} at line {err.lineno}"

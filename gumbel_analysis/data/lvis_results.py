@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from gumbel_analysis.data.lvis_io import read_json
 from gumbel_analysis.errors import InputError
 
 _CHUNK_BYTES = 32 << 20
@@ -216,15 +217,7 @@ def _parse_range(path: Path, start: int, end: int) -> tuple[array, array, array]
 
 def _parse_whole(path: Path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     columns, hook = _collector()
-    try:
-        with path.open("rb") as f:
-            values = json.load(f, object_hook=hook)
-    except json.JSONDecodeError as err:
-        raise InputError(
-            f"results file {path} is not valid JSON (truncated?): {err.msg} at line {err.lineno}"
-        ) from None
-    except UnicodeDecodeError:
-        raise InputError(f"results file {path} is not a text JSON file") from None
+    values = read_json(path, "results file", object_hook=hook)
     if not isinstance(values, list):
         raise InputError(
             f"results file {path} is not a list of detections (LVIS results format: "
