@@ -39,7 +39,11 @@ def synthetic_batches(count: int, batch_size: int, device: torch.device):
 
 def model_for(loss_name: str, dataset, preset: str, device: torch.device, seed: int = 0):
     torch.manual_seed(seed)
-    loss = make_loss(TrainConfig(loss=loss_name, preset=preset), dataset)
+    loss = make_loss(
+        TrainConfig(loss=loss_name, preset=preset),
+        dataset.class_frequency,
+        dataset.frequency_groups,
+    )
     model = build_model(preset, loss.num_classes, loss).to(device).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.005, momentum=0.9, weight_decay=1e-4)
     return model, loss, optimizer

@@ -13,6 +13,7 @@ from gumbel_analysis.cli.common import (
     JsonOption,
     console,
     err_console,
+    fail,
     print_json,
     reports_input_errors,
 )
@@ -153,8 +154,7 @@ def train(
     if out is None and "out" not in values:
         cfg.out = f"runs/{cfg.preset}-{cfg.loss}-{time.strftime('%Y%m%d-%H%M%S')}"
     if out is None and resume:
-        err_console.print("error: --resume needs --out RUN_DIR", markup=False)
-        raise typer.Exit(2)
+        fail("--resume needs --out RUN_DIR")
     from gumbel_analysis.engine.evaluate import metrics_table
     from gumbel_analysis.engine.train import train as run_training
 

@@ -10,10 +10,15 @@ from typing import Any
 import torch
 from rich.progress import Progress
 
+from gumbel_analysis.data import lvis_io
+from gumbel_analysis.data.dataset import LVISDetection
+from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.config import TrainConfig
 from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results, write_results
-from gumbel_analysis.engine.setup import RunPaths
+from gumbel_analysis.engine.setup import RunPaths, data_paths, make_loss, pick_device
+from gumbel_analysis.errors import InputError
 from gumbel_analysis.io import write_text_atomic
+from gumbel_analysis.model import build_model
 
 
 @torch.inference_mode()
@@ -81,12 +86,6 @@ def evaluate_checkpoint(
 ) -> tuple[dict[str, Any], RunPaths]:
     """``gumbel eval``: a run folder (its ``model_final.pt``, else ``last.pt``) or a checkpoint
     file, evaluated on its data's val set (or ``data``); writes results and metrics beside it."""
-    from gumbel_analysis.data.dataset import LVISDetection
-    from gumbel_analysis.engine import checkpoint as ckpt
-    from gumbel_analysis.engine.setup import data_paths, make_loss, pick_device
-    from gumbel_analysis.errors import InputError
-    from gumbel_analysis.model import build_model
-
     source = Path(source)
     if source.is_dir():
         run = RunPaths(source)
@@ -104,9 +103,10 @@ def evaluate_checkpoint(
     if batch_size is not None:
         cfg.batch_size = batch_size
     paths = data_paths(cfg.data)
-    train_set = LVISDetection(paths.train_ann, paths.image_root, train=False)
+    # The loss needs only the training classes' frequencies: no training images are touched.
+    train_data = lvis_io.load_lvis_json(paths.train_ann)
     val_set = LVISDetection(paths.val_ann, paths.image_root, train=False)
-    loss = make_loss(cfg, train_set)
+    loss = make_loss(cfg, lvis_io.class_frequency(train_data), lvis_io.frequency_groups(train_data))
     model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh)
     try:
         model.load_state_dict(state["model"])

@@ -10,7 +10,6 @@ from typing import Any
 import numpy as np
 import torch
 
-from gumbel_analysis.data.dataset import LVISDetection
 from gumbel_analysis.data.synthetic import SyntheticSpec, default_cache_root, ensure_synthetic
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.config import TrainConfig
@@ -95,8 +94,11 @@ def lambda_from_groups(class_frequency: np.ndarray, groups: list[str]) -> float:
     return float((lo + hi) / 2)
 
 
-def make_loss(cfg: TrainConfig, dataset: LVISDetection) -> ClassificationLoss:
-    """The registry's loss with the options that apply to it."""
+def make_loss(
+    cfg: TrainConfig, class_frequency: np.ndarray, frequency_groups: list[str]
+) -> ClassificationLoss:
+    """The registry's loss with the options that apply to it, for the training set's classes
+    (``f_c`` and the r/c/f group of each, in category-id order)."""
     cls = loss_class(cfg.loss)
     options: dict[str, Any] = {}
     if issubclass(cls, GumbelBCE):
@@ -104,12 +106,12 @@ def make_loss(cfg: TrainConfig, dataset: LVISDetection) -> ClassificationLoss:
     if issubclass(cls, _DropLossMixin):
         lam = cfg.lambda_
         if lam is None:
-            lam = lambda_from_groups(dataset.class_frequency, dataset.frequency_groups)
+            lam = lambda_from_groups(class_frequency, frequency_groups)
         options.update(lambda_=lam, variant=cfg.drop_variant)
     return build_loss(
         cfg.loss,
-        len(dataset.category_ids),
-        class_frequency=torch.as_tensor(dataset.class_frequency),
+        len(class_frequency),
+        class_frequency=torch.as_tensor(class_frequency),
         **options,
     )
 

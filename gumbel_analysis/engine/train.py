@@ -48,6 +48,7 @@ from gumbel_analysis.hooks import (
     PositiveGradientRecorder,
     log_attributes,
 )
+from gumbel_analysis.hooks.grad_log import CATEGORY_FIELDS
 from gumbel_analysis.io import write_text_atomic
 from gumbel_analysis.losses import ClassificationLoss
 from gumbel_analysis.model import build_model
@@ -260,14 +261,14 @@ def train(
             device = torch.device("cuda", dist.local_rank)
         seed_everything(cfg.seed + dist.rank)
         if dist.is_main:
-            data = data_paths(cfg.data)  # rank 0 makes the synthetic data first
+            data_paths(cfg.data)  # rank 0 makes the synthetic data before the others look
         barrier(dist)
         data = data_paths(cfg.data)
         train_set = LVISDetection(data.train_ann, data.image_root, train=True, hflip_prob=cfg.hflip)
         val_set = LVISDetection(data.val_ann, data.image_root, train=False)
         if val_set.category_ids != train_set.category_ids:
             raise InputError("the train and val annotation files have different categories")
-        loss = make_loss(cfg, train_set)
+        loss = make_loss(cfg, train_set.class_frequency, train_set.frequency_groups)
         model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh, weights=cfg.weights)
         model.to(device)
         ddp_model = model
@@ -334,16 +335,7 @@ def open_grad_log(
     train_set: LVISDetection,
     resume_after: int | None,
 ) -> GradientLogWriter:
-    categories = [
-        {
-            "id": c["id"],
-            "name": c["name"],
-            "frequency": c["frequency"],
-            "image_count": c["image_count"],
-            "instance_count": c["instance_count"],
-        }
-        for c in train_set.categories
-    ]
+    categories = [{k: c[k] for k in CATEGORY_FIELDS} for c in train_set.categories]
     attributes = log_attributes(
         loss=cfg.loss,
         activation=loss.activation,
