@@ -4,20 +4,38 @@ from __future__ import annotations
 
 import typer
 
-from gumbel_analysis.cli import evaluate, grads, init_bias, kl_dist, make_data, temperature, train
+from gumbel_analysis.cli import evaluate, grads, init_bias, kl_dist, make_data, temperature
 from gumbel_analysis.cli.common import multi_value_command
+from gumbel_analysis.cli.lazy import LAZY_COMMANDS, GroupWithLazyCommands
 
-app = typer.Typer(
-    name="gumbel",
-    help="Long-tailed instance segmentation with the Gumbel activation and GOL: losses, "
-    "training and the supplementary material's analyses.",
+APP_SETTINGS = dict(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
 )
 
-app.command("train")(train.train)
+
+def _load_train():
+    # Its loss options are read from the loss registry, which imports torch.
+    from gumbel_analysis.cli import train
+
+    return train.click_command(APP_SETTINGS)
+
+
+LAZY_COMMANDS["train"] = (
+    "Train Mask R-CNN with any loss of the registry, then evaluate it with LVISEval.",
+    _load_train,
+)
+
+app = typer.Typer(
+    name="gumbel",
+    help="Long-tailed instance segmentation with the Gumbel activation and GOL: losses, "
+    "training and the supplementary material's analyses.",
+    cls=GroupWithLazyCommands,
+    **APP_SETTINGS,
+)
+
 app.command("eval")(evaluate.evaluate)
 app.command("init-bias")(init_bias.init_bias)
 app.command("make-data")(make_data.make_data)

@@ -7,11 +7,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gumbel_analysis.losses import available_losses, build_loss
+from gumbel_analysis.losses import available_losses, build_loss, loss_entry
 from gumbel_analysis.math import eta
 
 FREQ = torch.tensor([1e-4, 5e-4, 0.05, 0.2, 0.3], dtype=torch.float64)
+GROUPS = ["r", "r", "c", "f", "f"]
 C = 5
+#: Every registered name with every activation it takes.
+LOSS_ACTIVATIONS = [(n, a) for n in available_losses() for a in loss_entry(n).activations]
 
 
 def test_all_named_losses_are_registered():
@@ -23,10 +26,11 @@ def test_unknown_loss_names_the_choices():
         build_loss("focal", C)
 
 
-@pytest.mark.parametrize("name", available_losses())
-def test_layout_scores_and_init(name):
-    loss = build_loss(name, C, class_frequency=FREQ)
-    assert loss.num_outputs == (C + 1 if loss.with_background else C)
+@pytest.mark.parametrize(("name", "activation"), LOSS_ACTIVATIONS)
+def test_layout_scores_and_init(name, activation):
+    loss = build_loss(name, C, FREQ, GROUPS, activation=activation)
+    extra = 2 if name == "seesaw" else int(loss.with_background)  # Seesaw: 2 objectness columns
+    assert loss.num_outputs == C + extra
     layer = nn.Linear(16, loss.num_outputs)
     loss.init_classifier(layer)
     logits = layer(torch.randn(7, 16))
@@ -42,10 +46,10 @@ def test_layout_scores_and_init(name):
         loss(logits, torch.full((7,), C + 1))
 
 
-@pytest.mark.parametrize("name", available_losses())
+@pytest.mark.parametrize(("name", "activation"), LOSS_ACTIVATIONS)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
-def test_every_loss_is_finite_for_extreme_logits(name, dtype):
-    loss = build_loss(name, C, class_frequency=FREQ)
+def test_every_loss_is_finite_for_extreme_logits(name, activation, dtype):
+    loss = build_loss(name, C, FREQ, GROUPS, activation=activation)
     grid = torch.tensor([-1e4, -100.0, -4.0, 0.0, 10.0, 100.0, 1e4])
     logits = grid[torch.randint(0, 7, (64, loss.num_outputs))].to(dtype).requires_grad_()
     labels = torch.randint(0, C + 1, (64,))

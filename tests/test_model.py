@@ -30,7 +30,7 @@ LOSS_KEYS = {"loss_classifier", "loss_box_reg", "loss_mask", "loss_objectness", 
 
 
 def make_loss(name: str):
-    return build_loss(name, C, class_frequency=FREQUENCY)
+    return build_loss(name, C, FREQUENCY, ["r", "f", "f"])
 
 
 def make_batch(sizes=((96, 112), (128, 128))):

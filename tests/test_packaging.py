@@ -60,8 +60,17 @@ def test_the_command_line_starts_without_torch(tmp_path):
     assert out.stdout.strip() == "False"
 
 
-def test_train_command_offers_exactly_the_registered_losses():
-    from gumbel_analysis.cli.train import LOSS_NAMES
-    from gumbel_analysis.losses import available_losses
+def test_train_command_offers_exactly_the_registered_losses_and_options():
+    from typer.testing import CliRunner
 
-    assert sorted(LOSS_NAMES) == available_losses()
+    from gumbel_analysis.cli.app import app
+    from gumbel_analysis.losses import all_options, available_losses
+
+    result = CliRunner().invoke(app, ["train", "--help"], env={"COLUMNS": "400"})
+    assert result.exit_code == 0, result.output
+    choices = re.search(r"--loss\s+<([^>]*)>", result.output).group(1)
+    assert sorted(choices.split("|")) == available_losses()
+    for option in all_options().values():
+        assert option.cli_flag in result.output
+    wrong = CliRunner().invoke(app, ["train", "--loss", "focal"])
+    assert wrong.exit_code == 2

@@ -41,10 +41,10 @@ class TrainConfig:
     data: str | None = None
     preset: str = "tiny"
     loss: str = "gumbel"
-    temperature: float = 1.0
-    gumbel_mode: str = "stable"
-    lambda_: float | None = None  # GOL; None: the border of the data's common/frequent groups
-    drop_variant: str = "equation"
+    activation: str | None = None  # sigmoid or gumbel for the BCE family; None: the loss's own
+    # The loss's declared options (``gumbel_analysis.losses.loss_entry(loss).options()``), e.g.
+    # temperature, gumbel_mode, lambda_ (None: the border of the data's common/frequent groups).
+    loss_options: dict[str, Any] = field(default_factory=dict)
     enh: bool = False
     weights: str | None = None
     sampler: str = "random"
@@ -87,10 +87,38 @@ class TrainConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise InputError(f"unknown configuration keys: {', '.join(unknown)}")
-        values = dict(data)
+        values = merge_loss_options(dict(data), {})
         if values.get("lr_steps") is not None:
             values["lr_steps"] = tuple(values["lr_steps"])
         return cls(**values)
+
+
+#: Top-level keys of earlier config files, now loss options; a value equal to the old default
+#: was written by every run whatever its loss, and is dropped.
+LEGACY_LOSS_KEYS = {
+    "temperature": ("temperature", 1.0),
+    "gumbel_mode": ("gumbel_mode", "stable"),
+    "lambda_": ("lambda_", None),
+    "drop_variant": ("variant", "equation"),
+}
+
+
+def merge_loss_options(values: dict[str, Any], options: dict[str, Any]) -> dict[str, Any]:
+    """``values`` with legacy top-level loss keys and then ``options`` merged into
+    ``loss_options`` (later wins)."""
+    values = dict(values)
+    merged = values.get("loss_options") or {}
+    if not isinstance(merged, dict):
+        raise InputError("configuration key loss_options must be a table of option values")
+    merged = dict(merged)
+    for key, (name, old_default) in LEGACY_LOSS_KEYS.items():
+        if key in values:
+            value = values.pop(key)
+            if value != old_default:
+                merged.setdefault(name, value)
+    merged.update(options)
+    values["loss_options"] = merged
+    return values
 
 
 def load_config_file(path: str | Path) -> dict[str, Any]:

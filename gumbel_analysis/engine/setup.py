@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,10 +16,7 @@ from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.config import TrainConfig
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.hooks.grad_log import LOG_NAME
-from gumbel_analysis.losses import ClassificationLoss, build_loss
-from gumbel_analysis.losses.baselines import GumbelBCE
-from gumbel_analysis.losses.gol import _DropLossMixin
-from gumbel_analysis.losses.registry import loss_class
+from gumbel_analysis.losses import ClassificationLoss, build_loss, loss_entry
 
 
 @dataclass(frozen=True)
@@ -81,39 +79,40 @@ def data_paths(data: str | None) -> DataPaths:
     return paths
 
 
-def lambda_from_groups(class_frequency: np.ndarray, groups: list[str]) -> float:
-    """GOL's lambda for a dataset: midway between the most frequent rare/common class and the
-    least frequent frequent class (for LVIS v1: 100.5 / 100170, ``LVIS_V1_LAMBDA``)."""
-    below = [f for f, g in zip(class_frequency, groups, strict=True) if g in ("r", "c")]
-    above = [f for f, g in zip(class_frequency, groups, strict=True) if g == "f"]
-    if not below or not above:
-        raise InputError("cannot derive lambda: the data lacks rare/common or frequent classes")
-    lo, hi = max(below), min(above)
-    if lo >= hi:
-        raise InputError("cannot derive lambda: the frequency groups overlap; pass --lambda")
-    return float((lo + hi) / 2)
+def check_loss_config(cfg: TrainConfig) -> TrainConfig:
+    """``cfg`` with its activation and every declared loss option filled and checked (InputError
+    naming the flag for an option that does not apply or is out of range)."""
+    activation, options = loss_entry(cfg.loss).resolve(cfg.activation, cfg.loss_options)
+    return dataclasses.replace(cfg, activation=activation, loss_options=options)
 
 
 def make_loss(
     cfg: TrainConfig, class_frequency: np.ndarray, frequency_groups: list[str]
 ) -> ClassificationLoss:
-    """The registry's loss with the options that apply to it, for the training set's classes
-    (``f_c`` and the r/c/f group of each, in category-id order)."""
-    cls = loss_class(cfg.loss)
-    options: dict[str, Any] = {}
-    if issubclass(cls, GumbelBCE):
-        options.update(temperature=cfg.temperature, mode=cfg.gumbel_mode)
-    if issubclass(cls, _DropLossMixin):
-        lam = cfg.lambda_
-        if lam is None:
-            lam = lambda_from_groups(class_frequency, frequency_groups)
-        options.update(lambda_=lam, variant=cfg.drop_variant)
-    return build_loss(
-        cfg.loss,
-        len(class_frequency),
-        class_frequency=torch.as_tensor(class_frequency),
-        **options,
-    )
+    """The registry's loss with the config's activation and options, for the training set's
+    classes (``f_c`` and the r/c/f group of each, in category-id order)."""
+    cfg = check_loss_config(cfg)
+    try:
+        return build_loss(
+            cfg.loss,
+            len(class_frequency),
+            torch.as_tensor(np.asarray(class_frequency, dtype=np.float64)),
+            list(frequency_groups),
+            activation=cfg.activation,
+            **cfg.loss_options,
+        )
+    except InputError:
+        raise
+    except ValueError as err:  # the data does not suit the loss (e.g. lambda cannot be derived)
+        raise InputError(f"--loss {cfg.loss}: {err}") from None
+
+
+def resolved_loss_options(loss: ClassificationLoss, cfg: TrainConfig) -> dict[str, Any]:
+    """The options to record in config.json: as given, with a derived lambda filled in."""
+    options = dict(cfg.loss_options)
+    if "lambda_" in options and options["lambda_"] is None and hasattr(loss, "lambda_"):
+        options["lambda_"] = float(loss.lambda_)
+    return options
 
 
 def pick_device(name: str) -> torch.device:

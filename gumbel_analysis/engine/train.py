@@ -35,9 +35,11 @@ from gumbel_analysis.engine.hooks import Checkpointer, MetricsWriter, ProgressBa
 from gumbel_analysis.engine.inference import evaluate_run
 from gumbel_analysis.engine.setup import (
     RunPaths,
+    check_loss_config,
     data_paths,
     make_loss,
     pick_device,
+    resolved_loss_options,
     seed_everything,
 )
 from gumbel_analysis.errors import InputError, TrainingError
@@ -254,7 +256,7 @@ def train(
             cfg = TrainConfig.from_dict({**saved["config"], "out": cfg.out})
         if dist.is_main:
             _check_run_folder(run, resume)
-        cfg = resolve(cfg, world_size=dist.world_size)
+        cfg = check_loss_config(resolve(cfg, world_size=dist.world_size))
         if cfg.amp is None:
             cfg = dataclasses.replace(cfg, amp=device.type == "cuda")
         if device.type == "cuda":
@@ -269,6 +271,7 @@ def train(
         if val_set.category_ids != train_set.category_ids:
             raise InputError("the train and val annotation files have different categories")
         loss = make_loss(cfg, train_set.class_frequency, train_set.frequency_groups)
+        cfg.loss_options = resolved_loss_options(loss, cfg)
         model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh, weights=cfg.weights)
         model.to(device)
         ddp_model = model

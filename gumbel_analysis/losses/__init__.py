@@ -1,41 +1,69 @@
-"""Classification losses for detectors, by name: ``build_loss("gumbel", num_classes)``.
+"""Classification losses for detectors, by name: ``build_loss("eqlv2", C, activation="gumbel")``.
 
-Importing this package registers gumbel, sigmoid, softmax, gol, gol-star, droploss and eql.
+Importing this package registers every method of ``methods/`` (bce, eql, droploss, acsl,
+federated, eqlv2, softmax, seesaw) and the aliases gumbel, sigmoid, gol and gol-star.
 """
 
+from gumbel_analysis.losses import methods  # noqa: F401 - registers the losses
 from gumbel_analysis.losses.base import ClassificationLoss
-from gumbel_analysis.losses.baselines import GumbelBCE, SigmoidBCE, SoftmaxCE
-from gumbel_analysis.losses.gol import (
-    EQL,
-    GOL,
-    LVIS_V1_LAMBDA,
-    LVIS_V1_TRAIN_IMAGES,
+from gumbel_analysis.losses.bce import SIGMOID_PRIOR_PROB, WeightedBCE
+from gumbel_analysis.losses.elementwise import Activation, EntryWeights
+from gumbel_analysis.losses.gumbel import GumbelMode, gumbel_bce
+from gumbel_analysis.losses.methods.acsl import ACSL
+from gumbel_analysis.losses.methods.droploss import (
     DropLoss,
     DropVariant,
-    GOLStar,
     drop_weights,
     keep_probabilities,
+    lambda_from_groups,
 )
-from gumbel_analysis.losses.gumbel import GumbelMode, gumbel_bce
-from gumbel_analysis.losses.registry import available_losses, build_loss, register_loss
+from gumbel_analysis.losses.methods.eql import EQL
+from gumbel_analysis.losses.methods.eqlv2 import EQLv2
+from gumbel_analysis.losses.methods.federated import FederatedLoss, federated_classes
+from gumbel_analysis.losses.methods.plain import PlainBCE
+from gumbel_analysis.losses.methods.seesaw import SeesawLoss
+from gumbel_analysis.losses.methods.softmax import SoftmaxCE
+from gumbel_analysis.losses.options import LossOption
+from gumbel_analysis.losses.registry import (
+    LossEntry,
+    all_options,
+    available_losses,
+    build_loss,
+    loss_entry,
+    register_alias,
+    register_loss,
+)
+from gumbel_analysis.paper import LVIS_V1_LAMBDA, LVIS_V1_TRAIN_IMAGES
 
 __all__ = [
+    "ACSL",
     "EQL",
-    "GOL",
     "LVIS_V1_LAMBDA",
     "LVIS_V1_TRAIN_IMAGES",
+    "SIGMOID_PRIOR_PROB",
+    "Activation",
     "ClassificationLoss",
     "DropLoss",
     "DropVariant",
-    "GOLStar",
-    "GumbelBCE",
+    "EQLv2",
+    "EntryWeights",
+    "FederatedLoss",
     "GumbelMode",
-    "SigmoidBCE",
+    "LossEntry",
+    "LossOption",
+    "PlainBCE",
+    "SeesawLoss",
     "SoftmaxCE",
+    "WeightedBCE",
+    "all_options",
     "available_losses",
     "build_loss",
     "drop_weights",
+    "federated_classes",
     "gumbel_bce",
     "keep_probabilities",
+    "lambda_from_groups",
+    "loss_entry",
+    "register_alias",
     "register_loss",
 ]

@@ -8,8 +8,12 @@ where ``C`` (``num_classes``) is the background.
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
+
+from gumbel_analysis.losses.options import LossOption
 
 
 class ClassificationLoss(nn.Module):
@@ -25,8 +29,21 @@ class ClassificationLoss(nn.Module):
     with_background: bool = True
     #: The inference activation, for reports: "gumbel", "sigmoid" or "softmax".
     activation: str = ""
+    #: The activations the method works with; the first is its default.
+    activations: ClassVar[tuple[str, ...]] = ()
+    #: The method's own options (the activation's come from ``elementwise.ACTIVATION_OPTIONS``).
+    options: ClassVar[tuple[LossOption, ...]] = ()
+    #: Whether the method needs the r/c/f group of each class (``frequency_groups``).
+    needs_groups: ClassVar[bool] = False
+    #: The [N, K] weights of the last forward pass, for the gradient recorder (None: all 1).
+    last_weights: torch.Tensor | None = None
 
-    def __init__(self, num_classes: int, class_frequency: torch.Tensor | None = None):
+    def __init__(
+        self,
+        num_classes: int,
+        class_frequency: torch.Tensor | None = None,
+        frequency_groups: list[str] | None = None,
+    ):
         super().__init__()
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
@@ -43,6 +60,14 @@ class ClassificationLoss(nn.Module):
             self.register_buffer("class_frequency", class_frequency, persistent=False)
         else:
             self.class_frequency = None
+        if frequency_groups is not None:
+            frequency_groups = [str(g) for g in frequency_groups]
+            if len(frequency_groups) != self.num_classes or not set(frequency_groups) <= set("rcf"):
+                raise ValueError(
+                    f"frequency_groups needs one of 'r', 'c', 'f' for each of the "
+                    f"{self.num_classes} classes"
+                )
+        self.frequency_groups = frequency_groups
 
     @property
     def num_outputs(self) -> int:

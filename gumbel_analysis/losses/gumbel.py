@@ -95,7 +95,9 @@ def _negative_terms_chunk(
     """
     n = q.shape[0]
     t, a, r, x, y, w, m = (b[:n] for b in bufs)
-    torch.mul(q, -inv_sigma, out=t)  # t = -z
+    # Upcast first: half-precision q times -1/sigma would round z in half precision.
+    t.copy_(q)
+    t.mul_(-inv_sigma)  # t = -z
     torch.clamp(t, limits.t_min, limits.t_max, out=a)
     a.exp_()
     torch.gt(a, limits.series_max, out=m)
@@ -209,7 +211,7 @@ def positive_terms(
     return loss, grad
 
 
-def _positive_index(
+def positive_index(
     labels: torch.Tensor, num_columns: int, with_background: bool
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Rows and columns of the target-1 entries: the label column (background included when the
@@ -223,17 +225,22 @@ def _positive_index(
 
 class _GumbelBCEFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, labels, weight, sigma, low, with_background):
+    def forward(ctx, logits, labels, weight, positive_weight, sigma, low, with_background):
         n = logits.shape[0]
         scale = 1.0 / max(n, 1)
-        rows, cols = _positive_index(labels, logits.shape[1], with_background)
+        rows, cols = positive_index(labels, logits.shape[1], with_background)
         # The full pass sums the negative terms of every entry but the target-1 ones, whose
         # gradient it also writes and which are then replaced by the positive terms.
         total, grad = negative_terms(logits.detach(), sigma, scale, weight, skip=(rows, cols))
         if rows.numel():
             qp = logits.detach()[rows, cols].to(grad.dtype)
             pos_loss, pos_grad = positive_terms(qp / sigma, sigma, low)
-            wp = torch.ones_like(qp) if weight is None else weight[rows, cols].to(qp.dtype)
+            if positive_weight is not None:
+                wp = positive_weight.to(qp.dtype)
+            elif weight is not None:
+                wp = weight.expand(logits.shape)[rows, cols].to(qp.dtype)
+            else:
+                wp = torch.ones_like(qp)
             total = total + (wp * pos_loss).sum(dtype=torch.float64)
             grad[rows, cols] = wp * pos_grad * scale
         ctx.save_for_backward(grad)
@@ -243,7 +250,7 @@ class _GumbelBCEFunction(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_output).to(ctx.input_dtype), None, None, None, None, None
+        return (grad * grad_output).to(ctx.input_dtype), None, None, None, None, None, None
 
 
 def gumbel_bce(
@@ -255,7 +262,9 @@ def gumbel_bce(
     low: float = PAPER_CLIP[0],
     high: float = PAPER_CLIP[1],
     weight: torch.Tensor | None = None,
+    positive_weight: torch.Tensor | None = None,
     with_background: bool = True,
+    clamp_loss: bool = True,
 ) -> torch.Tensor:
     """Gumbel binary cross-entropy, summed over classes and averaged over proposals (Eq. 3, 4).
 
@@ -268,7 +277,12 @@ def gumbel_bce(
         mode: ``stable`` (default), ``paper`` or ``none``; see the module docstring.
         low, high: the linearisation point of ``stable`` (``low``) and the clip range of
             ``paper`` (both). Logits, not tempered logits.
-        weight: optional [N, K] per-element weights (the DropLoss weights of Eq. 5).
+        weight: optional per-element weights ``w_ij`` of Eq. 4, [N, K] or broadcastable [1, K];
+            boolean (the DropLoss weights of Eq. 5) or float.
+        positive_weight: optional [P] weights of the target-1 entries (rows ascending, see
+            :func:`positive_index`), replacing ``weight`` there (EQLv2's positive weights).
+        clamp_loss: ``paper`` mode only: clamp the reduced loss to [0, 20] as the authors' plain
+            Gumbel loss does (their DropLoss/EQL code does not).
 
     Returns:
         A 0-dim float32 tensor (float64 for float64 logits).
@@ -282,7 +296,17 @@ def gumbel_bce(
         )
     labels = labels.long()
     if mode is GumbelMode.PAPER:
-        return _paper_recipe(logits, labels, temperature, low, high, weight, with_background)
+        return _paper_recipe(
+            logits,
+            labels,
+            temperature,
+            low,
+            high,
+            weight,
+            positive_weight,
+            with_background,
+            clamp_loss,
+        )
     if mode is GumbelMode.STABLE and not math.isfinite(low):
         raise ValueError(f"the low bound of the stable mode must be finite, got {low}")
     if mode is GumbelMode.STABLE and -low / temperature > 80.0:
@@ -290,16 +314,32 @@ def gumbel_bce(
             f"exp(-low / temperature) = exp({-low / temperature:g}) overflows float32; "
             "raise the low bound or the temperature"
         )
-    if weight is not None and weight.dtype != torch.bool:
-        # Boolean weights (GOL's) stay boolean: the kernel multiplies by them chunk by chunk.
-        weight = weight.detach().to(
-            torch.float64 if logits.dtype == torch.float64 else torch.float32
-        )
+    compute = torch.float64 if logits.dtype == torch.float64 else torch.float32
+    if weight is not None:
+        if (
+            weight.dim() != 2
+            or weight.shape[1] != logits.shape[1]
+            or weight.shape[0]
+            not in (
+                1,
+                logits.shape[0],
+            )
+        ):
+            raise ValueError(
+                f"weight {tuple(weight.shape)} does not fit logits {tuple(logits.shape)}"
+            )
+        weight = weight.expand(logits.shape)
+        if weight.dtype != torch.bool:
+            # Boolean weights (GOL's) stay boolean: the kernel multiplies by them chunk by chunk.
+            weight = weight.detach().to(compute)
+    if positive_weight is not None:
+        positive_weight = positive_weight.detach().to(compute)
     with torch.autocast(device_type=logits.device.type, enabled=False):
         return _GumbelBCEFunction.apply(
             logits,
             labels,
             weight,
+            positive_weight,
             float(temperature),
             low if mode is GumbelMode.STABLE else None,
             with_background,
@@ -313,13 +353,21 @@ def one_hot_targets(labels: torch.Tensor, num_columns: int, with_background: boo
     return target if with_background else target[:, :num_columns]
 
 
-def _paper_recipe(logits, labels, sigma, low, high, weight, with_background):
+def _paper_recipe(
+    logits, labels, sigma, low, high, weight, positive_weight, with_background, clamp_loss
+):
     check_clip_range(low, high)
     q = logits.float() if logits.dtype != torch.float64 else logits
     with torch.autocast(device_type=logits.device.type, enabled=False):
         p = torch.exp(-torch.exp(-torch.clamp(q, low, high) / sigma))
         target = one_hot_targets(labels, q.shape[1], with_background).to(q.dtype)
+        if weight is not None:
+            weight = weight.expand(q.shape).to(q.dtype)
+        if positive_weight is not None:
+            weight = torch.ones_like(q) if weight is None else weight.clone()
+            rows, cols = positive_index(labels, q.shape[1], with_background)
+            weight[rows, cols] = positive_weight.to(q.dtype)
         loss = F.binary_cross_entropy(p, target, weight=weight, reduction="sum") / max(
             q.shape[0], 1
         )
-        return torch.clamp(loss, *PAPER_LOSS_CLAMP)
+        return torch.clamp(loss, *PAPER_LOSS_CLAMP) if clamp_loss else loss

@@ -1,0 +1,214 @@
+"""The two activations of the BCE family as elementwise losses: Sigmoid and Gumbel (Eq. 3, 4).
+
+A BCE-family loss is ``(1/N) sum_ij w_ij l(q_ij, y_ij)``: the activation fixes ``l`` (here), the
+long-tail method fixes ``w`` (``losses/methods/``). Weights come as :class:`EntryWeights`: one
+tensor for every entry (boolean or float, ``[N, K]`` or broadcastable ``[1, K]``) and, where the
+method weighs a proposal's own class differently (EQLv2), one value per target-1 entry.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from enum import StrEnum
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gumbel_analysis.losses.gumbel import (
+    GumbelMode,
+    gumbel_bce,
+    one_hot_targets,
+    positive_index,
+)
+from gumbel_analysis.losses.options import LossOption
+from gumbel_analysis.math import eta, init_bias
+from gumbel_analysis.paper import PAPER_CLIP
+
+
+class Activation(StrEnum):
+    SIGMOID = "sigmoid"
+    GUMBEL = "gumbel"
+    SOFTMAX = "softmax"
+
+
+#: Options of the Gumbel activation, shared by every BCE-family method.
+GUMBEL_OPTIONS = (
+    LossOption(
+        "temperature",
+        "float",
+        1.0,
+        "Gumbel temperature sigma of Eq. 3.",
+        low=1e-3,
+        high=1e3,
+    ),
+    LossOption(
+        "gumbel_mode",
+        "choice",
+        "stable",
+        "Gumbel loss: stable (exact, default), paper (the authors' clip at [-4, 10]) or none.",
+        choices=tuple(m.value for m in GumbelMode),
+    ),
+)
+ACTIVATION_OPTIONS: dict[str, tuple[LossOption, ...]] = {
+    Activation.SIGMOID: (),
+    Activation.GUMBEL: GUMBEL_OPTIONS,
+    Activation.SOFTMAX: (),
+}
+
+#: Weight value of Sec. 1.1: every logit starts near the bias.
+GUMBEL_INIT_WEIGHT = 1e-3
+
+
+@dataclass
+class EntryWeights:
+    """``w_ij`` of Eq. 4: ``entries`` for every entry (None: 1), ``positive`` [P] for the target-1
+    entries in :func:`~gumbel_analysis.losses.gumbel.positive_index` order (None: as
+    ``entries``)."""
+
+    entries: torch.Tensor | None = None
+    positive: torch.Tensor | None = None
+
+    def dense(self, n: int, k: int, labels: torch.Tensor, with_background: bool, dtype):
+        """One ``[N, K]`` float tensor (for the recorder and Sigmoid BCE), or None if all 1."""
+        if self.entries is None and self.positive is None:
+            return None
+        w = torch.ones((n, k), dtype=dtype, device=labels.device)
+        if self.entries is not None:
+            w = w * self.entries.to(dtype)
+        if self.positive is not None:
+            rows, cols = positive_index(labels, k, with_background)
+            w[rows, cols] = self.positive.to(dtype)
+        return w
+
+
+class ElementwiseBCE:
+    """One activation's elementwise BCE, its inference probabilities, its gradient magnitudes and
+    its classifier initialisation. Not a module: it holds only the activation's options."""
+
+    activation: Activation
+
+    def loss(self, logits, labels, weights: EntryWeights, with_background: bool) -> torch.Tensor:
+        raise NotImplementedError
+
+    def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def negative_gradients(self, logits: torch.Tensor) -> torch.Tensor:
+        """``|dl/dq|`` of the unweighted loss of a target-0 entry, elementwise (EQLv2)."""
+        raise NotImplementedError
+
+    def positive_gradients(self, logits: torch.Tensor) -> torch.Tensor:
+        """``|dl/dq|`` of the unweighted loss of a target-1 entry, elementwise (EQLv2)."""
+        raise NotImplementedError
+
+    def init_classifier(self, layer: nn.Linear, num_outputs: int, prior_prob: float) -> None:
+        raise NotImplementedError
+
+    def describe(self) -> str:
+        return self.activation.value
+
+
+class SigmoidElementwise(ElementwiseBCE):
+    """``l = -y log s(q) - (1 - y) log(1 - s(q))``, ``s`` the logistic sigmoid."""
+
+    activation = Activation.SIGMOID
+
+    def loss(self, logits, labels, weights, with_background):
+        q = logits if logits.dtype == torch.float64 else logits.float()
+        n, k = q.shape
+        target = one_hot_targets(labels, k, with_background).to(q.dtype)
+        w = weights.entries
+        if weights.positive is not None:
+            w = weights.dense(n, k, labels, with_background, q.dtype)
+        elif w is not None:
+            w = w.to(q.dtype)
+        total = F.binary_cross_entropy_with_logits(q, target, weight=w, reduction="sum")
+        return total / max(n, 1)
+
+    def probabilities(self, logits):
+        return torch.sigmoid(logits.float())
+
+    def negative_gradients(self, logits):
+        return torch.sigmoid(logits.float())
+
+    def positive_gradients(self, logits):
+        return torch.sigmoid(-logits.float())
+
+    def init_classifier(self, layer, num_outputs, prior_prob):
+        # The focal-loss prior: sigmoid(b) = prior_prob, weights N(0, 0.01).
+        nn.init.normal_(layer.weight, std=0.01)
+        if layer.bias is not None:
+            nn.init.constant_(layer.bias, -math.log((1 - prior_prob) / prior_prob))
+
+
+class GumbelElementwise(ElementwiseBCE):
+    """``l = y exp(-z) - (1 - y) log(1 - exp(-exp(-z)))``, ``z = q / sigma`` (Eq. 3, 4), by the
+    stable kernel of :func:`~gumbel_analysis.losses.gumbel.gumbel_bce`."""
+
+    activation = Activation.GUMBEL
+
+    def __init__(
+        self,
+        temperature: float = 1.0,
+        gumbel_mode: GumbelMode | str = GumbelMode.STABLE,
+        low: float = PAPER_CLIP[0],
+        high: float = PAPER_CLIP[1],
+        clamp_loss: bool = True,
+    ):
+        self.temperature = float(temperature)
+        self.mode = GumbelMode(gumbel_mode)
+        self.low, self.high = float(low), float(high)
+        # The authors' plain Gumbel loss clamps the reduced loss to [0, 20]; their DropLoss and
+        # EQL code does not, so the weighted methods switch it off in ``paper`` mode.
+        self.clamp_loss = clamp_loss
+
+    def loss(self, logits, labels, weights, with_background):
+        return gumbel_bce(
+            logits,
+            labels,
+            temperature=self.temperature,
+            mode=self.mode,
+            low=self.low,
+            high=self.high,
+            weight=weights.entries,
+            positive_weight=weights.positive,
+            with_background=with_background,
+            clamp_loss=self.clamp_loss,
+        )
+
+    def probabilities(self, logits):
+        return eta(logits.float(), self.temperature)
+
+    def negative_gradients(self, logits):
+        # (a / sigma) / (e^a - 1) with a = exp(-z) (losses/gumbel.py); a / (e^a - 1) by its
+        # series where a underflows, 0 where e^a overflows.
+        a = torch.exp(logits.float() * (-1.0 / self.temperature)).clamp_(max=80.0)
+        ratio = a / torch.expm1(a)
+        ratio = torch.where(a < 1e-4, 1.0 - 0.5 * a, ratio)
+        return ratio.mul_(1.0 / self.temperature)
+
+    def positive_gradients(self, logits):
+        # a / sigma; below ``low`` the stable mode's linear continuation has the slope at ``low``.
+        z = logits.float().clamp(min=self.low) / self.temperature
+        return torch.exp(-z) / self.temperature
+
+    def init_classifier(self, layer, num_outputs, prior_prob):
+        # Sec. 1.1: weights 0.001, bias -sigma log(log C) with C the outputs (background included).
+        nn.init.constant_(layer.weight, GUMBEL_INIT_WEIGHT)
+        if layer.bias is not None:
+            nn.init.constant_(layer.bias, init_bias(max(num_outputs, 2), self.temperature))
+
+    def describe(self) -> str:
+        return f"gumbel(temperature={self.temperature:g}, mode={self.mode.value})"
+
+
+def make_elementwise(activation: Activation | str, **options) -> ElementwiseBCE:
+    """The elementwise BCE of ``activation`` with its declared options."""
+    activation = Activation(activation)
+    if activation is Activation.GUMBEL:
+        return GumbelElementwise(**options)
+    if activation is Activation.SIGMOID:
+        return SigmoidElementwise()
+    raise ValueError(f"{activation.value} is not an activation of the BCE family")

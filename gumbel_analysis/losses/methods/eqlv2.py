@@ -1,0 +1,123 @@
+"""EQLv2, the Equalization Loss v2 (Tan et al., CVPR 2021), with either activation.
+
+C + 1 outputs with a background column. Per class j, the accumulated positive and negative
+gradient magnitudes ``P_j``, ``N_j`` (over the whole run, all ranks) give ``g_j = P_j / N_j`` and
+
+    q_j = 1 / (1 + exp(-gamma (g_j - mu)))          negative weight   (gamma 12, mu 0.8)
+    r_j = 1 + alpha (1 - q_j)                        positive weight   (alpha 4)
+
+(``w_ij = r_j`` at a proposal's own class, ``q_j`` elsewhere; the background column weighs 1).
+After each batch, ``P_j += sum_i |dl_ij/dq_ij| w_ij y_ij`` and ``N_j += sum_i |dl_ij/dq_ij| w_ij
+(1 - y_ij)``, with the activation's own gradient of the unweighted elementwise loss (Sigmoid:
+``|p - y|``; Gumbel: ``a / sigma`` and ``(a / sigma) / (e^a - 1)``). Before any statistics the
+ratio starts at 100 (every weight 1), as in the authors' code. The sums are float64 buffers of the
+module: they are summed across ranks (``torch.distributed``) and travel in the checkpoint.
+
+Scores, as the authors' code: ``p_j (1 - p_bg)`` for the activation's probabilities ``p``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as torch_dist
+
+from gumbel_analysis.losses.bce import WeightedBCE
+from gumbel_analysis.losses.elementwise import EntryWeights
+from gumbel_analysis.losses.gumbel import positive_index
+from gumbel_analysis.losses.options import LossOption
+from gumbel_analysis.losses.registry import register_loss
+
+#: The ratio before any statistics (the authors' initial value): every weight starts at ~1.
+INITIAL_RATIO = 100.0
+
+
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over the ranks when a process group is running (else ``t`` itself)."""
+    if (
+        torch_dist.is_available()
+        and torch_dist.is_initialized()
+        and torch_dist.get_world_size() > 1
+    ):
+        torch_dist.all_reduce(t)
+    return t
+
+
+@register_loss("eqlv2")
+class EQLv2(WeightedBCE):
+    """EQLv2: gradient-guided reweighting of each class's positives and negatives, C + 1 outputs."""
+
+    with_background = True
+    options = (
+        LossOption("eqlv2_gamma", "float", 12.0, "EQLv2's gamma (slope of the mapping).", low=0.0),
+        LossOption("eqlv2_mu", "float", 0.8, "EQLv2's mu (centre of the mapping).", low=0.0),
+        LossOption("eqlv2_alpha", "float", 4.0, "EQLv2's alpha (positive up-weighting).", low=0.0),
+    )
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_frequency: torch.Tensor | None = None,
+        frequency_groups: list[str] | None = None,
+        *,
+        eqlv2_gamma: float = 12.0,
+        eqlv2_mu: float = 0.8,
+        eqlv2_alpha: float = 4.0,
+        **activation_options,
+    ):
+        super().__init__(num_classes, class_frequency, frequency_groups, **activation_options)
+        self.gamma, self.mu, self.alpha = float(eqlv2_gamma), float(eqlv2_mu), float(eqlv2_alpha)
+        self.register_buffer("pos_grad", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("neg_grad", torch.zeros(num_classes, dtype=torch.float64))
+        self.register_buffer("updates", torch.zeros((), dtype=torch.int64))
+
+    def ratio(self) -> torch.Tensor:
+        """``g_j = P_j / N_j`` ([C], float64); 100 before the first update."""
+        if int(self.updates) == 0:
+            return torch.full_like(self.pos_grad, INITIAL_RATIO)
+        return self.pos_grad / (self.neg_grad + 1e-10)
+
+    def class_weights(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(q_j, r_j)``, [C + 1] each with 1 for the background column."""
+        q = torch.sigmoid(self.gamma * (self.ratio() - self.mu))
+        one = torch.ones(1, dtype=q.dtype, device=q.device)
+        neg = torch.cat([q, one])
+        pos = torch.cat([1.0 + self.alpha * (1.0 - q), one])
+        return neg, pos
+
+    def entry_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> EntryWeights:
+        neg, pos = self.class_weights()
+        _, cols = positive_index(labels, logits.shape[1], True)
+        return EntryWeights(neg[None, :].float(), pos[cols].float())
+
+    def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        loss = super().forward(logits, labels)
+        if self.training:
+            self.collect(logits.detach(), labels.long())
+        return loss
+
+    @torch.no_grad()
+    def collect(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add this batch's weighted gradient magnitudes to ``P`` and ``N`` (all ranks).
+
+        ``N_j = q_j (sum_i g-(q_ij) - sum_{i: y_ij = 1} g-(q_ij))``: one pass over the [N, K]
+        logits for the negative magnitudes ``g-``, the positives on their gathered values.
+        """
+        c = self.num_classes
+        neg, pos = self.class_weights()
+        rows, cols = positive_index(labels, logits.shape[1], True)
+        g_neg = self.elementwise.negative_gradients(logits)
+        column = g_neg.sum(0, dtype=torch.float64)
+        column.index_add_(0, cols, g_neg[rows, cols].double(), alpha=-1.0)
+        g_pos = self.elementwise.positive_gradients(logits[rows, cols]).double()
+        pos_sum = torch.zeros_like(column).index_add_(0, cols, g_pos) * pos
+        both = all_reduce_sum(torch.stack([pos_sum[:c], (column * neg)[:c]]))
+        self.pos_grad += both[0]
+        self.neg_grad += both[1]
+        self.updates += 1
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        p = self.elementwise.probabilities(logits)
+        return p[:, : self.num_classes] * (1.0 - p[:, self.num_classes :])
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, gamma={self.gamma}, mu={self.mu}, alpha={self.alpha}"
