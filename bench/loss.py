@@ -36,23 +36,58 @@ def bce_built(logits, labels):
     return F.binary_cross_entropy_with_logits(logits, target, reduction="sum") / logits.shape[0]
 
 
+#: The long-tail methods timed with each activation; each is compared with plain BCE of the
+#: same activation (Seesaw with softmax cross-entropy).
+METHODS = ("eql", "droploss", "acsl", "federated", "eqlv2")
+
+
 def cases(rows: int, classes: int, device: torch.device, labels: torch.Tensor):
-    freq = torch.logspace(-5, -1, classes - 1, dtype=torch.float64)
+    """name -> (loss of the [rows, classes + 1] logits, the name of its plain counterpart)."""
+    c = classes - 1  # foreground classes; label c is the background
+    freq = torch.logspace(-5, -1, c, dtype=torch.float64)
+    groups = ["r" if f < 1e-4 else "c" if f < 1e-3 else "f" for f in freq.tolist()]
     prebuilt = F.one_hot(labels, classes).float()
-    gol = build_loss("gol", classes - 1, class_frequency=freq)
-    gol_labels = labels  # label C-1 (the last column) is the background of the C-column layout
-    return {
-        "bce-with-logits, target built (baseline)": lambda q: bce_built(q, labels),
-        "bce-with-logits, target prebuilt": lambda q: (
-            F.binary_cross_entropy_with_logits(q, prebuilt, reduction="sum") / rows
+    gol = build_loss("gol", c, class_frequency=freq).to(device)
+    out = {
+        "bce-with-logits, target built (baseline)": (
+            lambda q: bce_built(q[:, :classes], labels),
+            "",
         ),
-        "reference recipe (clamp, exp(-exp), BCE)": lambda q: reference_recipe(q, labels),
-        "gumbel stable": lambda q: gumbel_bce(q, labels),
-        "gumbel none": lambda q: gumbel_bce(q, labels, mode="none"),
-        "gumbel paper": lambda q: gumbel_bce(q, labels, mode="paper"),
-        "gol (stable)": lambda q: gol(q[:, : classes - 1], gol_labels),
-        "softmax cross-entropy": lambda q: F.cross_entropy(q, labels),
+        "bce-with-logits, target prebuilt": (
+            lambda q: (
+                F.binary_cross_entropy_with_logits(q[:, :classes], prebuilt, reduction="sum") / rows
+            ),
+            "",
+        ),
+        "reference recipe (clamp, exp(-exp), BCE)": (
+            lambda q: reference_recipe(q[:, :classes], labels),
+            "",
+        ),
+        "gumbel stable": (lambda q: gumbel_bce(q[:, :classes], labels), ""),
+        "gumbel none": (lambda q: gumbel_bce(q[:, :classes], labels, mode="none"), ""),
+        "gumbel paper": (lambda q: gumbel_bce(q[:, :classes], labels, mode="paper"), ""),
+        "gol (stable)": (lambda q: gol(q[:, :c], labels), "bce / gumbel"),
+        "softmax cross-entropy": (lambda q: F.cross_entropy(q[:, :classes], labels), ""),
     }
+    for activation in ("sigmoid", "gumbel"):
+        for method in ("bce", *METHODS):
+            loss = build_loss(method, c, freq, groups, activation=activation).to(device).train()
+            plain = "" if method == "bce" else f"bce / {activation}"
+            out[f"{method} / {activation}"] = (_sliced(loss), plain)
+    seesaw = build_loss("seesaw", c).to(device).train()
+    out["seesaw / softmax"] = (_sliced(seesaw), "softmax cross-entropy")
+    return out
+
+
+def _sliced(loss):
+    return lambda q: loss(q[:, : loss.num_outputs], labels_of(q))
+
+
+_LABELS: dict[int, torch.Tensor] = {}
+
+
+def labels_of(q: torch.Tensor) -> torch.Tensor:
+    return _LABELS[q.shape[0]]
 
 
 def time_case(fn, logits, repeats: int, device: torch.device) -> float:
@@ -97,10 +132,18 @@ def main() -> None:
     device = torch.device(args.device)
     gen = torch.Generator().manual_seed(0)
     # Logits spread like a classifier's in training (mostly confident negatives).
-    logits = (torch.randn(args.rows, args.classes, generator=gen) * 2 - 2).to(device)
-    labels = torch.randint(0, args.classes, (args.rows,), generator=gen).to(device)
+    # One spare column: Seesaw has two objectness logits (C + 2 outputs).
+    logits = (torch.randn(args.rows, args.classes + 1, generator=gen) * 2 - 2).to(device)
+    # Labels as in a detector's sampled proposals: 25% foreground (LVIS's 1:3), the rest
+    # background (label C).
+    labels = torch.randint(0, args.classes - 1, (args.rows,), generator=gen)
+    labels[torch.rand(args.rows, generator=gen) > 0.25] = args.classes - 1
+    labels = labels.to(device)
+    _LABELS[args.rows] = labels
     results = {}
-    for name, fn in cases(args.rows, args.classes, device, labels).items():
+    plain_of = {}
+    for name, (fn, plain) in cases(args.rows, args.classes, device, labels).items():
+        plain_of[name] = plain
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         seconds = time_case(fn, logits, args.repeats, device)
@@ -109,8 +152,10 @@ def main() -> None:
             entry["peak_mem_mib"] = torch.cuda.max_memory_allocated() / 2**20
         results[name] = entry
     base = next(iter(results.values()))["ms"]
-    for entry in results.values():
+    for name, entry in results.items():
         entry["ratio"] = entry["ms"] / base
+        if plain_of[name]:
+            entry["ratio_to_plain"] = entry["ms"] / results[plain_of[name]]["ms"]
     report = {
         "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
         "threads": torch.get_num_threads(),
@@ -136,10 +181,12 @@ def main() -> None:
     table.add_column("loss")
     table.add_column("ms", justify="right")
     table.add_column("ratio to BCE-with-logits", justify="right")
+    table.add_column("ratio to its plain loss", justify="right")
     if device.type == "cuda":
         table.add_column("peak MiB", justify="right")
     for name, entry in results.items():
-        row = [name, f"{entry['ms']:.1f}", f"{entry['ratio']:.2f}x"]
+        plain = f"{entry['ratio_to_plain']:.2f}x" if "ratio_to_plain" in entry else ""
+        row = [name, f"{entry['ms']:.1f}", f"{entry['ratio']:.2f}x", plain]
         if device.type == "cuda":
             row.append(f"{entry['peak_mem_mib']:.0f}")
         table.add_row(*row)

@@ -12,11 +12,11 @@ import torch
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.config import TrainConfig, resolve
-from gumbel_analysis.engine.setup import lambda_from_groups
+from gumbel_analysis.engine.setup import make_loss
 from gumbel_analysis.engine.train import train
 from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.hooks import HookBase
-from gumbel_analysis.losses import LVIS_V1_LAMBDA, LVIS_V1_TRAIN_IMAGES
+from gumbel_analysis.losses import LVIS_V1_LAMBDA, LVIS_V1_TRAIN_IMAGES, lambda_from_groups
 
 SPEC = SyntheticSpec(classes=6, train_images=24, val_images=6, size=64, seed=1)
 
@@ -144,8 +144,11 @@ def test_lambda_from_groups_reproduces_the_lvis_default():
     assert lambda_from_groups(freq, ["r", "r", "c", "c", "f", "f"]) == pytest.approx(
         LVIS_V1_LAMBDA, rel=1e-12
     )
-    with pytest.raises(InputError, match="overlap"):
+    with pytest.raises(ValueError, match="overlap"):
         lambda_from_groups(freq, ["r", "f", "c", "c", "f", "f"])
+    # Through make_loss the data's problem becomes one line for the command line.
+    with pytest.raises(InputError, match="--loss gol: cannot derive lambda"):
+        make_loss(TrainConfig(loss="gol"), freq, ["r", "f", "c", "c", "f", "f"])
 
 
 def test_config_resolution_scales_the_learning_rate():

@@ -83,6 +83,11 @@ class EntryWeights:
         return w
 
 
+def _compute(logits: torch.Tensor) -> torch.Tensor:
+    """Half precision is computed in float32; float32 and float64 stay as they are."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 class ElementwiseBCE:
     """One activation's elementwise BCE, its inference probabilities, its gradient magnitudes and
     its classifier initialisation. Not a module: it holds only the activation's options."""
@@ -93,6 +98,11 @@ class ElementwiseBCE:
         raise NotImplementedError
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def logit_at(self, probability: float) -> float:
+        """The logit whose probability is ``probability`` (the activation is increasing, so
+        ``p(q) >= t`` is ``q >= logit_at(t)``: one comparison instead of the activation)."""
         raise NotImplementedError
 
     def negative_gradients(self, logits: torch.Tensor) -> torch.Tensor:
@@ -116,7 +126,7 @@ class SigmoidElementwise(ElementwiseBCE):
     activation = Activation.SIGMOID
 
     def loss(self, logits, labels, weights, with_background):
-        q = logits if logits.dtype == torch.float64 else logits.float()
+        q = _compute(logits)
         n, k = q.shape
         target = one_hot_targets(labels, k, with_background).to(q.dtype)
         w = weights.entries
@@ -130,11 +140,14 @@ class SigmoidElementwise(ElementwiseBCE):
     def probabilities(self, logits):
         return torch.sigmoid(logits.float())
 
+    def logit_at(self, probability):
+        return math.log(probability / (1.0 - probability))
+
     def negative_gradients(self, logits):
-        return torch.sigmoid(logits.float())
+        return torch.sigmoid(_compute(logits))
 
     def positive_gradients(self, logits):
-        return torch.sigmoid(-logits.float())
+        return torch.sigmoid(-_compute(logits))
 
     def init_classifier(self, layer, num_outputs, prior_prob):
         # The focal-loss prior: sigmoid(b) = prior_prob, weights N(0, 0.01).
@@ -181,17 +194,21 @@ class GumbelElementwise(ElementwiseBCE):
     def probabilities(self, logits):
         return eta(logits.float(), self.temperature)
 
+    def logit_at(self, probability):
+        # exp(-exp(-q / sigma)) = t  <=>  q = -sigma log(-log t)
+        return -self.temperature * math.log(-math.log(probability))
+
     def negative_gradients(self, logits):
         # (a / sigma) / (e^a - 1) with a = exp(-z) (losses/gumbel.py); a / (e^a - 1) by its
         # series where a underflows, 0 where e^a overflows.
-        a = torch.exp(logits.float() * (-1.0 / self.temperature)).clamp_(max=80.0)
+        a = torch.exp(_compute(logits) * (-1.0 / self.temperature)).clamp_(max=80.0)
         ratio = a / torch.expm1(a)
         ratio = torch.where(a < 1e-4, 1.0 - 0.5 * a, ratio)
         return ratio.mul_(1.0 / self.temperature)
 
     def positive_gradients(self, logits):
         # a / sigma; below ``low`` the stable mode's linear continuation has the slope at ``low``.
-        z = logits.float().clamp(min=self.low) / self.temperature
+        z = _compute(logits).clamp(min=self.low) / self.temperature
         return torch.exp(-z) / self.temperature
 
     def init_classifier(self, layer, num_outputs, prior_prob):

@@ -74,7 +74,7 @@ class ACSL(WeightedBCE):
 
     def entry_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> EntryWeights:
         c = self.num_classes
-        keep = self.elementwise.probabilities(logits) >= self.xi
+        keep = logits >= self.elementwise.logit_at(self.xi)  # p >= xi, without the activation
         bg = (labels == c).nonzero().squeeze(1)
         n_bg = bg.numel()
         if self.variant is DropVariant.REFERENCE and n_bg:
