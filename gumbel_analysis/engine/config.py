@@ -83,11 +83,11 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        values = merge_loss_options(dict(data), {})
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
+        unknown = sorted(set(values) - known)
         if unknown:
             raise InputError(f"unknown configuration keys: {', '.join(unknown)}")
-        values = merge_loss_options(dict(data), {})
         if values.get("lr_steps") is not None:
             values["lr_steps"] = tuple(values["lr_steps"])
         return cls(**values)

@@ -86,6 +86,15 @@ def check_loss_config(cfg: TrainConfig) -> TrainConfig:
     return dataclasses.replace(cfg, activation=activation, loss_options=options)
 
 
+def loss_label(cfg: TrainConfig) -> str:
+    """The loss as reports name it: ``eqlv2/gumbel``, or the name alone where it fixes its
+    activation (``gumbel``, ``gol``, ``softmax``)."""
+    entry = loss_entry(cfg.loss)
+    if len(entry.activations) == 1 or cfg.activation is None:
+        return cfg.loss
+    return f"{cfg.loss}/{cfg.activation}"
+
+
 def make_loss(
     cfg: TrainConfig, class_frequency: np.ndarray, frequency_groups: list[str]
 ) -> ClassificationLoss:

@@ -37,6 +37,7 @@ from gumbel_analysis.engine.setup import (
     RunPaths,
     check_loss_config,
     data_paths,
+    loss_label,
     make_loss,
     pick_device,
     resolved_loss_options,
@@ -340,7 +341,7 @@ def open_grad_log(
 ) -> GradientLogWriter:
     categories = [{k: c[k] for k in CATEGORY_FIELDS} for c in train_set.categories]
     attributes = log_attributes(
-        loss=cfg.loss,
+        loss=loss_label(cfg),
         activation=loss.activation,
         num_classes=loss.num_classes,
         temperature=getattr(loss, "temperature", None),
