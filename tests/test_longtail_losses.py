@@ -349,3 +349,31 @@ def test_statistics_over_two_gloo_ranks_equal_one_process(name, tmp_path):
     state = torch.load(out)
     for key, value in together.state_dict().items():
         torch.testing.assert_close(state[key], value, rtol=1e-12, atol=1e-12)
+
+
+# --- The gradient recorder sees every method's weights ----------------------------------------
+
+
+@pytest.mark.parametrize(("name", "activation"), [("acsl", "gumbel"), ("eqlv2", "sigmoid")])
+def test_recorder_counts_dropped_and_reweighted_negatives(name, activation):
+    from gumbel_analysis.hooks import PositiveGradientRecorder
+
+    logits, labels = batch(seed=12)
+    loss = build_loss(name, C, FREQ, GROUPS, activation=activation)
+    if name == "eqlv2":  # statistics that give weights other than 1
+        loss.pos_grad.copy_(torch.linspace(0.1, 3.0, C, dtype=torch.float64))
+        loss.neg_grad.fill_(1.0)
+        loss.updates.fill_(1)
+    recorder = PositiveGradientRecorder(C, weights_fn=lambda: loss.last_weights)
+    x = logits.clone().requires_grad_()
+    recorder.watch(x, labels)
+    loss(x, labels).backward()
+    sums = recorder.pop()
+    w = loss.last_weights.double()[:, :C]
+    y = F.one_hot(labels, C + 1)[:, :C].double()
+    assert ((w != 0) & (w != 1)).any() if name == "eqlv2" else (w == 0).any()
+    # negative_count: the negatives' weights; negative_sum: their |gradient| (per proposal)
+    torch.testing.assert_close(sums[3], (w * (1 - y)).sum(0))
+    grad = x.grad.double()[:, :C] * len(labels)
+    torch.testing.assert_close(sums[2], (grad.abs() * (1 - y)).sum(0))
+    assert (sums[2][w.sum(0) == 0] == 0).all()
