@@ -159,15 +159,18 @@ def _loss_parameters() -> list[inspect.Parameter]:
     )
     LossName = StrEnum("LossName", {n: n for n in available_losses()})
     ActivationName = StrEnum("ActivationName", {a.value: a.value for a in Activation})
+    takes: dict[str, list[str]] = {}
+    for name in available_losses():
+        entry = loss_entry(name)
+        if not entry.activation:  # aliases fix theirs
+            takes.setdefault("|".join(entry.activations), []).append(name)
+    activation_help = "; ".join(f"{a} for {', '.join(n)}" for a, n in takes.items())
     params = [
         _keyword("loss", LossName, typer.Option(help=loss_help + " Default: gumbel.")),
         _keyword(
             "activation",
             ActivationName,
-            typer.Option(
-                help="sigmoid or gumbel for the BCE-family losses (bce, eql, droploss, acsl, "
-                "federated, eqlv2); softmax for softmax and seesaw. Default: the loss's own."
-            ),
+            typer.Option(help=f"{activation_help}. Default: the loss's first."),
         ),
     ]
     # Which losses declare each option, and with which default (an alias may change it).

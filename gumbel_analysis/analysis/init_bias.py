@@ -22,7 +22,10 @@ def _measure(loss_name: str, num_classes: int, proposals: int, features: int, se
     """Initialise a real ``nn.Linear`` as the loss prescribes, run a batch through loss and
     autograd, and return the measured gradient statistics w.r.t. the logits."""
     gen = torch.Generator().manual_seed(seed)
+    prior_prob = opts.pop("prior_prob", None)
     loss = build_loss(loss_name, num_classes - 1, **opts)  # num_classes counts the background
+    if prior_prob is not None:  # the Sigmoid counterpart starts from the same prior, 1 / C
+        loss.sigmoid_prior = prior_prob
     layer = nn.Linear(features, loss.num_outputs, dtype=torch.float64)
     loss.init_classifier(layer)
     x = torch.randn(proposals, features, generator=gen, dtype=torch.float64)

@@ -13,6 +13,7 @@ from typing import Any
 
 import torch
 
+from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses.base import ClassificationLoss
 from gumbel_analysis.losses.elementwise import ACTIVATION_OPTIONS
 from gumbel_analysis.losses.options import LossOption, check_options
@@ -51,8 +52,6 @@ class LossEntry:
     ) -> tuple[str, dict[str, Any]]:
         """The activation and every option's checked value; InputError (a ValueError) naming
         the flag for an activation or option that does not apply."""
-        from gumbel_analysis.errors import InputError
-
         if activation is not None and activation not in self.activations:
             fixed = f" (--loss {self.name} fixes it)" if self.activation else ""
             raise InputError(
@@ -107,8 +106,6 @@ def loss_entry(name: str) -> LossEntry:
     try:
         return _LOSSES[name]
     except KeyError:
-        from gumbel_analysis.errors import InputError
-
         raise InputError(
             f"unknown loss {name!r}; available: {', '.join(available_losses())}"
         ) from None
