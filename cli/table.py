@@ -72,7 +72,10 @@ def table(
         return
     if fmt is TableFormat.rich:
         n_runs = sum(len(r.runs) for r in result.rows)
-        title = f"{len(result.finished_rows)} configurations from {n_runs} runs"
+        n_rows = len(result.finished_rows)
+        title = (
+            f"{n_rows} configuration{'s' * (n_rows != 1)} from {n_runs} run{'s' * (n_runs != 1)}"
+        )
         console.print(to_rich(result, title))
         return
     # Plain text for files and pipes: no rich wrapping or markup.

@@ -24,10 +24,14 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from rich import box
+from rich.console import Group
+from rich.markup import escape
 from rich.table import Table
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.experiments.runs import (
+    FAILED,
     FINISHED,
     IGNORED_FIELDS,
     Run,
@@ -365,39 +369,61 @@ def _show_status(table: ResultTable) -> bool:
     return table.has_baseline or any(r.status != FINISHED for r in table.rows)
 
 
-def to_rich(table: ResultTable, title: str = "Results") -> Table:
-    """A rich table; descriptor columns equal in every row (of two or more) move to the title,
-    so that the numbers fit a terminal."""
+def to_rich(table: ResultTable, title: str = "Results") -> Group:
+    """A rich table, then one line per run that is not finished (its path and why).
+
+    Descriptor columns equal in every row move to the title, so that the numbers fit a terminal.
+    """
     columns = list(table.columns)
-    if len(table.rows) > 1:
-        same = [c for c in columns if len({_text(_shown(r, c)) for r in table.rows}) == 1]
-        if same:
-            shared = ", ".join(f"{_header(c)} {_text(_shown(table.rows[0], c))}" for c in same)
-            title = f"{title}\n[dim]all rows: {shared}[/]"
-            columns = [c for c in columns if c not in same]
-    out = Table(title=title, caption=caption(table), caption_justify="left")
+    same = [c for c in columns if len({_text(_shown(r, c)) for r in table.rows}) == 1]
+    if same and table.rows:
+        shared = ", ".join(f"{_header(c)} {_text(_shown(table.rows[0], c))}" for c in same)
+        title = f"{escape(title)}\n[dim]{'all rows' if len(table.rows) > 1 else 'run'}: "
+        title += f"{escape(shared)}[/]"
+        columns = [c for c in columns if c not in same]
+    else:
+        title = escape(title)
+    note = caption(table)
+    if table.has_baseline:
+        note = "The first row (bold) is the baseline. " + note
+    out = Table(
+        title=title,
+        caption=note,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
     for name in columns:
-        out.add_column(_header(name))
+        longest = max(len(_text(_shown(r, name))) for r in table.rows)
+        out.add_column(_header(name), min_width=max(len(_header(name)), min(longest, 8)))
     for m in table.metrics:
-        out.add_column(m, justify="right")
-    out.add_column("n", justify="right")
-    if _show_status(table):
-        out.add_column("status")
+        out.add_column(m, justify="right", no_wrap=True)
+    out.add_column("n", justify="right", no_wrap=True)
+    notes: list[str] = []
     for row in table.rows:
-        cells = [_text(_shown(row, c)) for c in columns]
+        cells = [escape(_text(_shown(row, c))) for c in columns]
+        if row.status != FINISHED:
+            # No metrics: the status stands in the first metric column, the path below.
+            style = "red" if row.status == FAILED else "yellow"
+            cells += [f"[{style}]{row.status}[/]"] + [""] * len(table.metrics) + [""]
+            notes.append(
+                f"[{style}]{row.status}[/]: {escape(row.runs[0])}"
+                + (f" ({escape(row.detail)})" if row.detail else "")
+            )
+            out.add_row(*cells[: len(columns) + len(table.metrics) + 1])
+            continue
         for m in table.metrics:
-            text = cell(row, m, table.digits)
+            # mean ± std, and under it the delta to the baseline (coloured where it exceeds).
+            text = cell(row, m, table.digits, pm="±").replace(" ± ", "±")
+            text = text.replace(" (", "\n").rstrip(")")
             delta = row.deltas.get(m) if row.deltas else None
             if delta is not None and delta.exceeds:
                 text = f"[{'green' if delta.delta > 0 else 'red'}]{text}[/]"
             cells.append(text)
-        cells.append(str(row.n) if row.status == FINISHED else "")
-        if _show_status(table):
-            style = "" if row.status == FINISHED else "yellow" if row.status != "failed" else "red"
-            status = _status_text(row).replace("[", r"\[")
-            cells.append(f"[{style}]{status}[/]" if style else status)
+        cells.append(str(row.n))
         out.add_row(*cells, style="bold" if row.baseline else None)
-    return out
+    return Group(out, *notes)
 
 
 def _plain_rows(table: ResultTable, pm: str = "±") -> tuple[list[str], list[list[str]]]:
