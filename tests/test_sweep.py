@@ -167,3 +167,55 @@ def test_killed_sweep_continues(data_dir, tmp_path, monkeypatch):
     assert third.exit_code == 0, third.output
     assert "0.8" in third.stdout and "1.2" in third.stdout and "figure written" in third.stdout
     assert "nan" not in third.stdout.lower()
+
+
+def test_killed_while_evaluating_or_before_a_checkpoint(data_dir, tmp_path, monkeypatch):
+    """A run killed during its evaluation is evaluated on the rerun; one killed before its
+    first checkpoint trains again from scratch."""
+    import gumbel_analysis.engine.train as engine_train
+
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", str(out), "--data", str(data_dir), *FAST, "--json"]
+    evaluate_run = engine_train.evaluate_run
+
+    def killed_evaluation(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(engine_train, "evaluate_run", killed_evaluation)
+    assert runner.invoke(app, [*args, "-t", "1.0"]).exit_code != 0
+    assert (out / "t1-s0" / "model_final.pt").is_file()
+    assert not (out / "t1-s0" / "metrics.json").exists()
+    monkeypatch.setattr(engine_train, "evaluate_run", evaluate_run)
+
+    run_step = Trainer.run_step
+
+    def killed_at_once(self, images, targets):
+        if self.run.root.name == "t1.1-s0":
+            raise KeyboardInterrupt
+        run_step(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "run_step", killed_at_once)
+    assert runner.invoke(app, [*args, "-t", "1.0", "1.1"]).exit_code != 0
+    assert (out / "t1-s0" / "metrics.json").is_file()  # evaluated, not trained again
+    assert (out / "t1.1-s0" / "config.json").is_file()
+    assert not (out / "t1.1-s0" / "last.pt").exists()
+    monkeypatch.setattr(Trainer, "run_step", run_step)
+
+    result = runner.invoke(app, [*args, "-t", "1.0", "1.1"])
+    assert result.exit_code == 0, result.output
+    runs = {
+        r["name"]: (r["found"], r["action"], r["status"]) for r in json.loads(result.stdout)["runs"]
+    }
+    assert runs == {
+        "t1-s0": ("finished", "skip", "finished"),
+        "t1.1-s0": ("unfinished", "restart", "finished"),
+    }
+
+
+def test_restart_removes_only_the_files_a_run_writes_before_its_first_checkpoint():
+    from gumbel_analysis.engine.setup import RunPaths
+    from gumbel_analysis.hooks.grad_log import LOG_NAME
+
+    paths = RunPaths(lib.Path("x"))
+    names = {paths.config.name, paths.metrics_log.name, LOG_NAME}
+    assert names == lib._PRE_CHECKPOINT_FILES

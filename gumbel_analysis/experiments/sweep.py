@@ -287,5 +287,5 @@ def plot_sweep(points: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     ax.set_ylabel("AP (%)")
     ax.set_xticks(sorted({p["temperature"] for p in points}))
     ax.set_title(title)
-    ax.legend()
+    ax.legend(title="error bars: ±1 sample std over seeds", title_fontsize="small")
     return save_figure(fig, path)
