@@ -8,7 +8,7 @@ from typer.testing import CliRunner
 
 from gumbel_analysis.cli.app import app
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
-from gumbel_analysis.engine.config import TrainConfig
+from gumbel_analysis.engine.config import TrainConfig, resolve
 from gumbel_analysis.engine.train import Trainer
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.experiments import sweep as lib
@@ -44,6 +44,8 @@ def assert_one_line_error(result, fragment):
         (["--epochs", "0"], "--epochs"),
         (["--device", "tpu"], "--device"),
         (["--plot", "fig.txt"], "fig.txt"),
+        (["--loss", "sigmoid"], "no temperature"),
+        (["--seed", "-1"], "--seed"),
     ],
 )
 def test_bad_options_are_one_line_and_create_nothing(tmp_path, args, fragment):
@@ -66,8 +68,9 @@ def test_bad_out_and_data(tmp_path):
 
 def _fake_run(path, **values):
     path.mkdir(parents=True)
-    cfg = TrainConfig.from_dict({"out": str(path), "evaluate": True, **values})
-    (path / "config.json").write_text(json.dumps(cfg.to_dict()))
+    # As the engine writes it: the resolved config (amp set by the device).
+    cfg = resolve(TrainConfig.from_dict({"out": str(path), "evaluate": True, **values}))
+    (path / "config.json").write_text(json.dumps({**cfg.to_dict(), "amp": False}))
     return path
 
 
@@ -102,6 +105,12 @@ def test_plan_refuses_another_configuration_or_unknown_files(tmp_path):
     _fake_run(other / "t1-s0", temperature=0.9, seed=0)
     with pytest.raises(InputError, match="temperature"):
         lib.plan_sweep({}, [1.0], 1, 0, other)
+    # An option left out on a rerun means its default, not "whatever the folder holds".
+    short = tmp_path / "short"
+    _fake_run(short / "t1-s0", temperature=1.0, seed=0, max_iters=2)
+    assert lib.plan_sweep({"max_iters": 2}, [1.0], 1, 0, short)[0].action == "restart"
+    with pytest.raises(InputError, match="max_iters"):
+        lib.plan_sweep({}, [1.0], 1, 0, short)
     keep = tmp_path / "keep"
     (_fake_run(keep / "t1-s0", temperature=1.0, seed=0) / "notes.txt").write_text("mine")
     with pytest.raises(InputError, match=r"notes\.txt"):
@@ -219,3 +228,28 @@ def test_restart_removes_only_the_files_a_run_writes_before_its_first_checkpoint
     paths = RunPaths(lib.Path("x"))
     names = {paths.config.name, paths.metrics_log.name, LOG_NAME}
     assert names == lib._PRE_CHECKPOINT_FILES
+
+
+def test_a_diverging_run_is_listed_as_failed_and_the_sweep_goes_on(data_dir, tmp_path, monkeypatch):
+    from gumbel_analysis.errors import TrainingError
+
+    run_step = Trainer.run_step
+
+    def diverges(self, images, targets):
+        if self.run.root.name == "t0.5-s0":
+            raise TrainingError("non-finite loss at iteration 1 (test)")
+        run_step(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "run_step", diverges)
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", str(out), "--data", str(data_dir), *FAST, "-t", "0.5", "1"]
+    for _ in range(2):  # the rerun does not train the failed run again
+        result = runner.invoke(app, [*args, "--json"])
+        assert result.exit_code == 1
+        assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 runs failed")
+        runs = {r["name"]: r for r in json.loads(result.stdout)["runs"]}
+        assert runs["t0.5-s0"]["status"] == "failed" and runs["t1-s0"]["status"] == "finished"
+        assert (out / "t0.5-s0" / "diverged.pt").is_file()
+    assert runs["t0.5-s0"]["action"] == "skip" and runs["t1-s0"]["action"] == "skip"
+    text = runner.invoke(app, ["table", str(out)])
+    assert text.exit_code == 0 and "failed" in text.stdout

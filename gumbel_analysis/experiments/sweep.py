@@ -20,6 +20,7 @@ from typing import Any
 from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.experiments.runs import (
     CONFIG,
+    DEFAULT_ACTIVATION,
     DIVERGED,
     FAILED,
     FINISHED,
@@ -149,6 +150,12 @@ def plan_sweep(
         raise InputError(f"--seeds must be at least 1, got {seeds}")
     if seed < 0:
         raise InputError(f"--seed must be at least 0, got {seed}")
+    loss = base.get("loss", "gumbel")
+    if DEFAULT_ACTIVATION.get(loss, "gumbel") != "gumbel" and not base.get("activation"):
+        raise InputError(
+            f"--loss {loss} has no temperature (its activation is "
+            f"{DEFAULT_ACTIVATION[loss]}); sweep a loss with the Gumbel activation"
+        )
     out = Path(out)
     check_out_folder(out)
     plan: list[PlannedRun] = []
@@ -156,13 +163,13 @@ def plan_sweep(
         for s in range(seed, seed + seeds):
             path = out / run_name(t, s)
             values = {**base, "temperature": t, "seed": s, "out": str(path), "evaluate": True}
-            resolve(TrainConfig.from_dict(values))  # bad values fail here, not mid-sweep
-            action, state = _action(path, values)
+            resolved = resolve(TrainConfig.from_dict(values))  # bad values fail here
+            action, state = _action(path, resolved.to_dict())
             plan.append(PlannedRun(t, s, path, values, action, state))
     return plan
 
 
-def _action(path: Path, values: dict[str, Any]) -> tuple[str, str]:
+def _action(path: Path, wanted: dict[str, Any]) -> tuple[str, str]:
     if not path.exists():
         return TRAIN, "new"
     if not path.is_dir():
@@ -172,7 +179,7 @@ def _action(path: Path, values: dict[str, Any]) -> tuple[str, str]:
             raise InputError(f"{path} is not a run folder and not empty; use another --out")
         return TRAIN, "new"
     run = read_run(path)
-    _check_same_config(run, values)
+    _check_same_config(run, wanted)
     status, _ = run_status(path)
     if status == FINISHED:
         return SKIP, status
@@ -196,17 +203,26 @@ def _restartable_file(name: str) -> bool:
     return name in _PRE_CHECKPOINT_FILES or (name.startswith(".") and ".tmp" in name)
 
 
-def _check_same_config(run: Run, values: dict[str, Any]) -> None:
-    """A folder of the sweep must hold a run of the configuration asked for."""
-    for key, wanted in values.items():
-        if key in MACHINE_FIELDS:
+#: Derived from other fields or from the machine (world size, mixed precision on CUDA).
+_DERIVED_FIELDS = frozenset({"lr", "world_size", "amp"})
+
+
+def _check_same_config(run: Run, wanted: dict[str, Any]) -> None:
+    """A folder of the sweep must hold a run of the configuration asked for: ``wanted`` is the
+    resolved config; every field but the machine's and the derived ones must match, so that an
+    option left out on a rerun (its default) does not silently reuse runs made with it."""
+    for key, value in wanted.items():
+        if key in MACHINE_FIELDS or key in _DERIVED_FIELDS:
             continue
-        have = run_temperature(run.config) if key == "temperature" else run.config.get(key)
-        if isinstance(wanted, tuple):
-            wanted = list(wanted)
-        if have != wanted:
+        if key == "temperature":
+            have, value = run_temperature(run.config), run_temperature(wanted)
+        else:
+            have = run.config.get(key)
+        if isinstance(value, tuple):
+            value = list(value)
+        if have != value:
             raise InputError(
-                f"{run.path} holds a run with {key} = {have!r}, not {wanted!r}: a sweep folder "
+                f"{run.path} holds a run with {key} = {have!r}, not {value!r}: a sweep folder "
                 "holds one configuration; use another --out"
             )
 
