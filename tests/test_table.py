@@ -85,6 +85,7 @@ def test_seeds_become_one_row_with_mean_and_sample_std(runs):
     sigmoid = next(r for r in rows if r["loss"] == "sigmoid")
     assert sigmoid["n"] == 1 and sigmoid["metrics"]["AP"] == {"mean": 16.0, "std": None, "n": 1}
     assert sigmoid["activation"] == "sigmoid" and gumbel["activation"] == "gumbel"
+    assert gumbel["temperature"] == 1.0 and sigmoid["temperature"] is None  # unused by Sigmoid
 
 
 def test_unfinished_and_failed_runs_are_listed(runs):

@@ -163,8 +163,11 @@ class ResultTable:
 
 
 def describe(config: dict[str, Any]) -> dict[str, Any]:
-    """The descriptor columns of a config (schedule: 1x/2x, else the epochs)."""
+    """The descriptor columns of a config (schedule: 1x/2x, else the epochs). The temperature
+    is shown for the Gumbel activation only: a Sigmoid or Softmax run never used it."""
     out = {name: field_value(config, name) for name in DESCRIPTORS}
+    if out["activation"] != "gumbel":
+        out["temperature"] = None
     if out["schedule"] is None and config.get("epochs") is not None:
         out["schedule"] = f"{config['epochs']} ep"
     return out
