@@ -16,7 +16,7 @@ from gumbel_analysis.cli.common import (
     print_json,
     reports_input_errors,
 )
-from gumbel_analysis.cli.train import LossName, PresetName, SamplerName, Schedule
+from gumbel_analysis.cli.train import PresetName, SamplerName, Schedule
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.paper import PAPER_SIGMAS
 
@@ -44,8 +44,18 @@ def sweep(
     ] = None,
     preset: Annotated[PresetName | None, typer.Option(help="Model preset. Default: tiny.")] = None,
     loss: Annotated[
-        LossName, typer.Option(help="Classification loss (one with the Gumbel activation).")
-    ] = LossName.gumbel,
+        str,
+        typer.Option(
+            help="Loss of the registry (as gumbel train --loss), with the Gumbel activation: "
+            "gumbel, gol, gol-star, or a method with --activation gumbel."
+        ),
+    ] = "gumbel",
+    activation: Annotated[
+        str | None,
+        typer.Option(
+            help="The loss's activation (as gumbel train --activation). Default: its own."
+        ),
+    ] = None,
     sampler: Annotated[
         SamplerName | None, typer.Option(help="random (the paper's Fig. 1.ii) or rfs.")
     ] = None,
@@ -114,6 +124,7 @@ def sweep(
         "data": str(data.resolve()) if data is not None else None,
         "preset": preset,
         "loss": loss,
+        "activation": activation,
         "sampler": sampler,
         "schedule": schedule,
         "epochs": epochs,

@@ -9,6 +9,7 @@ from typer.testing import CliRunner
 from gumbel_analysis.cli.app import app
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.engine.config import TrainConfig, resolve
+from gumbel_analysis.engine.setup import check_loss_config
 from gumbel_analysis.engine.train import Trainer
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.experiments import sweep as lib
@@ -44,7 +45,9 @@ def assert_one_line_error(result, fragment):
         (["--epochs", "0"], "--epochs"),
         (["--device", "tpu"], "--device"),
         (["--plot", "fig.txt"], "fig.txt"),
-        (["--loss", "sigmoid"], "no temperature"),
+        (["--loss", "sigmoid"], "--loss sigmoid"),
+        (["--loss", "eql"], "--loss eql"),
+        (["--loss", "nope"], "nope"),
         (["--seed", "-1"], "--seed"),
     ],
 )
@@ -68,8 +71,11 @@ def test_bad_out_and_data(tmp_path):
 
 def _fake_run(path, **values):
     path.mkdir(parents=True)
+    if "temperature" in values:
+        values["loss_options"] = {"temperature": values.pop("temperature")}
     # As the engine writes it: the resolved config (amp set by the device).
-    cfg = resolve(TrainConfig.from_dict({"out": str(path), "evaluate": True, **values}))
+    cfg = TrainConfig.from_dict({"out": str(path), "evaluate": True, **values})
+    cfg = check_loss_config(resolve(cfg))
     (path / "config.json").write_text(json.dumps({**cfg.to_dict(), "amp": False}))
     return path
 
@@ -98,7 +104,7 @@ def test_plan_reads_each_folder(tmp_path):
 
 
 def test_plan_refuses_another_configuration_or_unknown_files(tmp_path):
-    _fake_run(tmp_path / "t1-s0", temperature=1.0, seed=0, loss="sigmoid")
+    _fake_run(tmp_path / "t1-s0", seed=0, loss="sigmoid")
     with pytest.raises(InputError, match="loss"):
         lib.plan_sweep({"loss": "gumbel"}, [1.0], 1, 0, tmp_path)
     other = tmp_path / "other"

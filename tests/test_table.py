@@ -13,7 +13,8 @@ import pytest
 from typer.testing import CliRunner
 
 from gumbel_analysis.cli.app import app
-from gumbel_analysis.engine.config import TrainConfig
+from gumbel_analysis.engine.config import TrainConfig, resolve
+from gumbel_analysis.engine.setup import check_loss_config
 from gumbel_analysis.experiments import runs as runs_mod
 from gumbel_analysis.experiments.table import build_table, compare, summarize
 
@@ -26,7 +27,13 @@ def make_run(root, name, *, seed=0, metrics=None, files=("last.pt", "model_final
     metrics.json (the checkpoints are empty files: only their presence matters here)."""
     path = root / name
     path.mkdir(parents=True)
-    config = TrainConfig.from_dict({"seed": seed, "out": str(path), **cfg}).to_dict()
+    if "temperature" in cfg:
+        cfg["loss_options"] = {"temperature": cfg.pop("temperature")}
+    # As the engine writes it: resolved, with the activation and every loss option filled.
+    config = check_loss_config(
+        resolve(TrainConfig.from_dict({"seed": seed, "out": str(path), **cfg}))
+    )
+    config = config.to_dict()
     (path / "config.json").write_text(json.dumps(config))
     for f in files:
         (path / f).write_bytes(b"")
@@ -243,14 +250,15 @@ def test_temperature_and_activation_accessors():
 def test_names_match_the_engine():
     from gumbel_analysis.engine import checkpoint
     from gumbel_analysis.engine.setup import RunPaths
-    from gumbel_analysis.losses.registry import available_losses, loss_class
+    from gumbel_analysis.losses.registry import available_losses, loss_entry
 
     paths = RunPaths(runs_mod.Path("x"))
     assert (paths.config.name, paths.metrics.name) == (runs_mod.CONFIG, runs_mod.METRICS)
     assert paths.metrics_log.name == runs_mod.METRICS_LOG
     assert (runs_mod.LAST, runs_mod.FINAL) == (checkpoint.LAST, checkpoint.FINAL)
     assert runs_mod.DIVERGED == checkpoint.DIVERGED
-    assert {n: loss_class(n).activation for n in available_losses()} == runs_mod.DEFAULT_ACTIVATION
+    default = {n: str(loss_entry(n).default_activation) for n in available_losses()}
+    assert default == runs_mod.DEFAULT_ACTIVATION
 
 
 def test_summarize_and_compare_against_numpy():

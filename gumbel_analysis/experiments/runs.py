@@ -43,22 +43,28 @@ MACHINE_FIELDS = frozenset(
 #: whether metrics.json was written at the end.
 IGNORED_FIELDS = MACHINE_FIELDS | {"seed", "evaluate"}
 
-#: The activation of each registered loss (losses/*.py ``activation``; a test keeps this equal),
-#: used when a config.json has no ``activation`` field.
+#: The default activation of each registered loss (``loss_entry(name).default_activation``; a
+#: test keeps this equal), for a config.json without an ``activation`` field (written before
+#: the field existed).
 DEFAULT_ACTIVATION = {
+    "bce": "sigmoid",
+    "sigmoid": "sigmoid",
     "gumbel": "gumbel",
     "gol": "gumbel",
     "gol-star": "gumbel",
-    "sigmoid": "sigmoid",
     "droploss": "sigmoid",
     "eql": "sigmoid",
+    "acsl": "sigmoid",
+    "federated": "sigmoid",
+    "eqlv2": "sigmoid",
     "softmax": "softmax",
+    "seesaw": "softmax",
 }
 
 
 # --- where a config keeps its loss's activation and temperature ----------------------------------
-# The one place that knows it: older configs hold ``temperature`` at the top level, newer ones in
-# ``loss_options`` beside an ``activation`` field.
+# The one place that knows it: configs hold ``temperature`` in ``loss_options`` beside an
+# ``activation`` field; those written before held it at the top level, without an activation.
 def run_temperature(config: dict[str, Any]) -> float | None:
     """The Gumbel temperature sigma (Eq. 3) a run was trained with, or None."""
     options = config.get("loss_options") or {}

@@ -20,7 +20,6 @@ from typing import Any
 from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.experiments.runs import (
     CONFIG,
-    DEFAULT_ACTIVATION,
     DIVERGED,
     FAILED,
     FINISHED,
@@ -150,23 +149,38 @@ def plan_sweep(
         raise InputError(f"--seeds must be at least 1, got {seeds}")
     if seed < 0:
         raise InputError(f"--seed must be at least 0, got {seed}")
-    loss = base.get("loss", "gumbel")
-    if DEFAULT_ACTIVATION.get(loss, "gumbel") != "gumbel" and not base.get("activation"):
-        raise InputError(
-            f"--loss {loss} has no temperature (its activation is "
-            f"{DEFAULT_ACTIVATION[loss]}); sweep a loss with the Gumbel activation"
-        )
+    check_loss = _loss_checker()
     out = Path(out)
     check_out_folder(out)
     plan: list[PlannedRun] = []
     for t in temperatures:
         for s in range(seed, seed + seeds):
             path = out / run_name(t, s)
-            values = {**base, "temperature": t, "seed": s, "out": str(path), "evaluate": True}
-            resolved = resolve(TrainConfig.from_dict(values))  # bad values fail here
+            options = {**base.get("loss_options", {}), "temperature": t}
+            values = {**base, "loss_options": options, "seed": s, "out": str(path)}
+            values["evaluate"] = True
+            resolved = check_loss(resolve(TrainConfig.from_dict(values)))  # fails here, not later
             action, state = _action(path, resolved.to_dict())
             plan.append(PlannedRun(t, s, path, values, action, state))
     return plan
+
+
+def _loss_checker() -> Callable[[Any], Any]:
+    """The engine's check of a config's loss, activation and options, plus: the activation must
+    be Gumbel (the only one with a temperature)."""
+    from gumbel_analysis.engine.setup import check_loss_config
+
+    def check(cfg: Any) -> Any:
+        cfg = check_loss_config(cfg)
+        if cfg.activation != "gumbel":
+            raise InputError(
+                f"--loss {cfg.loss} with the {cfg.activation} activation has no temperature; "
+                "sweep a loss with the Gumbel activation (gumbel, gol, gol-star, or "
+                "--activation gumbel)"
+            )
+        return cfg
+
+    return check
 
 
 def _action(path: Path, wanted: dict[str, Any]) -> tuple[str, str]:
@@ -210,14 +224,16 @@ _DERIVED_FIELDS = frozenset({"lr", "world_size", "amp"})
 def _check_same_config(run: Run, wanted: dict[str, Any]) -> None:
     """A folder of the sweep must hold a run of the configuration asked for: ``wanted`` is the
     resolved config; every field but the machine's and the derived ones must match, so that an
-    option left out on a rerun (its default) does not silently reuse runs made with it."""
+    option left out on a rerun (its default) does not silently reuse runs made with it. A loss
+    option left to the data (None, e.g. lambda) matches what the run derived."""
     for key, value in wanted.items():
         if key in MACHINE_FIELDS or key in _DERIVED_FIELDS:
             continue
-        if key == "temperature":
-            have, value = run_temperature(run.config), run_temperature(wanted)
-        else:
-            have = run.config.get(key)
+        have = run.config.get(key)
+        if key == "loss_options":
+            have, value = dict(have or {}), {k: v for k, v in value.items() if v is not None}
+            have = {k: have.get(k) for k in value}
+            have["temperature"] = run_temperature(run.config)  # also a pre-loss_options run
         if isinstance(value, tuple):
             value = list(value)
         if have != value:
