@@ -11,13 +11,13 @@ from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.engine.config import TrainConfig, resolve
 from gumbel_analysis.engine.setup import check_loss_config
 from gumbel_analysis.engine.train import Trainer
-from gumbel_analysis.errors import InputError
+from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.experiments import sweep as lib
 
 runner = CliRunner()
 SPEC = SyntheticSpec(classes=5, train_images=20, val_images=4, size=64, seed=2)
-FAST = ["--workers", "0", "--batch-size", "4", "--device", "cpu", "--no-grad-log"]
-FAST += ["--no-progress", "--max-iters", "2", "--checkpoint-every", "1"]
+FAST = ["--workers", "0", "--batch-size", "2", "--device", "cpu", "--no-grad-log"]
+FAST += ["--no-progress", "--checkpoint-every", "1"]
 
 
 @pytest.fixture(scope="module")
@@ -129,12 +129,13 @@ def _mtimes(folder):
     return {p.name: p.stat().st_mtime_ns for p in folder.iterdir()}
 
 
+@pytest.mark.slow
 def test_killed_sweep_continues(data_dir, tmp_path, monkeypatch):
     """Two temperatures; the second run is killed after its first iteration (a checkpoint is
     written every iteration). The rerun skips the finished run and resumes the other."""
     out = tmp_path / "sweep"
     args = ["sweep", "--out", str(out), "--temperature", "0.8", "1.2", "--data", str(data_dir)]
-    args += [*FAST, "--json"]
+    args += [*FAST, "--max-iters", "2", "--json"]
     run_step = Trainer.run_step
     steps: list[str] = []
 
@@ -184,13 +185,15 @@ def test_killed_sweep_continues(data_dir, tmp_path, monkeypatch):
     assert "nan" not in third.stdout.lower()
 
 
+@pytest.mark.slow
 def test_killed_while_evaluating_or_before_a_checkpoint(data_dir, tmp_path, monkeypatch):
     """A run killed during its evaluation is evaluated on the rerun; one killed before its
-    first checkpoint trains again from scratch."""
+    first checkpoint trains again from scratch; one that diverges is failed and skipped."""
     import gumbel_analysis.engine.train as engine_train
 
     out = tmp_path / "sweep"
-    args = ["sweep", "--out", str(out), "--data", str(data_dir), *FAST, "--json"]
+    args = ["sweep", "--out", str(out), "--data", str(data_dir), *FAST, "--max-iters", "1"]
+    args.append("--json")
     evaluate_run = engine_train.evaluate_run
 
     def killed_evaluation(*a, **k):
@@ -214,17 +217,39 @@ def test_killed_while_evaluating_or_before_a_checkpoint(data_dir, tmp_path, monk
     assert (out / "t1-s0" / "metrics.json").is_file()  # evaluated, not trained again
     assert (out / "t1.1-s0" / "config.json").is_file()
     assert not (out / "t1.1-s0" / "last.pt").exists()
-    monkeypatch.setattr(Trainer, "run_step", run_step)
 
-    result = runner.invoke(app, [*args, "-t", "1.0", "1.1"])
-    assert result.exit_code == 0, result.output
-    runs = {
-        r["name"]: (r["found"], r["action"], r["status"]) for r in json.loads(result.stdout)["runs"]
-    }
-    assert runs == {
+    # The rerun; a third temperature diverges at once: it is listed as failed, the others go on.
+    def diverges(self, images, targets):
+        if self.run.root.name == "t0.5-s0":
+            raise TrainingError("non-finite loss at iteration 1 (test)")
+        run_step(self, images, targets)
+
+    monkeypatch.setattr(Trainer, "run_step", diverges)
+    for attempt in range(2):  # the second attempt trains nothing, the failed run included
+        result = runner.invoke(app, [*args, "-t", "0.5", "1.0", "1.1"])
+        assert result.exit_code == 1, result.output
+        assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 3 runs failed")
+        runs = json.loads(result.stdout)["runs"]
+        got = {r["name"]: (r["found"], r["action"], r["status"]) for r in runs}
+        if attempt == 0:
+            assert got == {
+                "t0.5-s0": ("new", "train", "failed"),
+                "t1-s0": ("finished", "skip", "finished"),
+                "t1.1-s0": ("unfinished", "restart", "finished"),
+            }
+    assert got == {
+        "t0.5-s0": ("failed", "skip", "failed"),
         "t1-s0": ("finished", "skip", "finished"),
-        "t1.1-s0": ("unfinished", "restart", "finished"),
+        "t1.1-s0": ("finished", "skip", "finished"),
     }
+    assert (out / "t0.5-s0" / "diverged.pt").is_file()
+    table = runner.invoke(app, ["table", str(out), "--json"])
+    rows = json.loads(table.stdout)["rows"]
+    assert sorted((r["status"], r["temperature"]) for r in rows) == [
+        ("failed", 0.5),
+        ("finished", 1.0),
+        ("finished", 1.1),
+    ]
 
 
 def test_restart_removes_only_the_files_a_run_writes_before_its_first_checkpoint():
@@ -234,28 +259,3 @@ def test_restart_removes_only_the_files_a_run_writes_before_its_first_checkpoint
     paths = RunPaths(lib.Path("x"))
     names = {paths.config.name, paths.metrics_log.name, LOG_NAME}
     assert names == lib._PRE_CHECKPOINT_FILES
-
-
-def test_a_diverging_run_is_listed_as_failed_and_the_sweep_goes_on(data_dir, tmp_path, monkeypatch):
-    from gumbel_analysis.errors import TrainingError
-
-    run_step = Trainer.run_step
-
-    def diverges(self, images, targets):
-        if self.run.root.name == "t0.5-s0":
-            raise TrainingError("non-finite loss at iteration 1 (test)")
-        run_step(self, images, targets)
-
-    monkeypatch.setattr(Trainer, "run_step", diverges)
-    out = tmp_path / "sweep"
-    args = ["sweep", "--out", str(out), "--data", str(data_dir), *FAST, "-t", "0.5", "1"]
-    for _ in range(2):  # the rerun does not train the failed run again
-        result = runner.invoke(app, [*args, "--json"])
-        assert result.exit_code == 1
-        assert result.stderr.strip().splitlines()[-1].startswith("error: 1 of 2 runs failed")
-        runs = {r["name"]: r for r in json.loads(result.stdout)["runs"]}
-        assert runs["t0.5-s0"]["status"] == "failed" and runs["t1-s0"]["status"] == "finished"
-        assert (out / "t0.5-s0" / "diverged.pt").is_file()
-    assert runs["t0.5-s0"]["action"] == "skip" and runs["t1-s0"]["action"] == "skip"
-    text = runner.invoke(app, ["table", str(out)])
-    assert text.exit_code == 0 and "failed" in text.stdout
