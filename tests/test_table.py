@@ -231,6 +231,16 @@ def test_differing_fields_get_a_column_and_group_by_merges(tmp_path):
     assert row["varying"] == {"max_iters": [100, 200]}
 
 
+def test_rows_differing_in_a_loss_option_show_it(tmp_path):
+    make_run(tmp_path, "stable", metrics=ap([10, 1, 1, 1, 1]))
+    make_run(tmp_path, "paper", metrics=ap([9, 1, 1, 1, 1]), loss_options={"gumbel_mode": "paper"})
+    make_run(tmp_path, "t08", metrics=ap([9, 1, 1, 1, 1]), loss_options={"temperature": 0.8})
+    data = table_json(tmp_path)
+    assert "loss_options" in data["columns"] and len(data["rows"]) == 3
+    md = runner.invoke(app, ["table", str(tmp_path), "--format", "markdown"]).stdout
+    assert "gumbel_mode=paper" in md and "gumbel_mode=stable" in md
+
+
 def test_folders_are_expanded_once(tmp_path):
     make_run(tmp_path / "sweep", "t0.8-s0", temperature=0.8, metrics=ap([1, 1, 1, 1, 1]))
     make_run(tmp_path / "sweep", "t1-s0", temperature=1.0, metrics=ap([2, 2, 2, 2, 2]))

@@ -45,7 +45,7 @@ TABLE_METRICS = ("AP", "APr", "APc", "APf", "APb")
 #: What each row says was trained, as the paper's tables do.
 DESCRIPTORS = ("loss", "activation", "sampler", "enh", "temperature", "preset", "schedule")
 #: Fields behind the descriptor columns (a differing one needs no column of its own).
-_DESCRIBED = frozenset(DESCRIPTORS) | {"epochs", "lr_steps", "loss_options"}
+_DESCRIBED = frozenset(DESCRIPTORS) | {"epochs", "lr_steps"}
 #: A delta exceeds the spread when |delta| > SPREAD_FACTOR * SE.
 SPREAD_FACTOR = 2.0
 FORMATS = ("rich", "markdown", "latex", "csv")
