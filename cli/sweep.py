@@ -1,0 +1,180 @@
+"""``gumbel sweep``: the temperature sweep of Sec. 1.2 (Fig. 1.ii), one run per sigma and seed."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+from gumbel_analysis.cli.common import (
+    JsonOption,
+    console,
+    err_console,
+    fail,
+    print_json,
+    reports_input_errors,
+)
+from gumbel_analysis.cli.train import PresetName, SamplerName, Schedule
+from gumbel_analysis.errors import InputError
+from gumbel_analysis.paper import PAPER_SIGMAS
+
+
+@reports_input_errors
+def sweep(
+    out: Annotated[
+        Path,
+        typer.Option(help="Sweep folder: one run folder per temperature and seed, t0.8-s0, ..."),
+    ],
+    temperature: Annotated[
+        list[float] | None,
+        typer.Option(
+            "--temperature",
+            "-t",
+            help="Gumbel temperatures sigma; several may follow one flag: --temperature 0.8 "
+            "0.9 1.0. Default: the paper's 0.8 0.9 1.0 1.1 1.2.",
+        ),
+    ] = None,
+    seeds: Annotated[int, typer.Option(help="Runs per temperature (seeds --seed, +1, ...).")] = 1,
+    seed: Annotated[int, typer.Option("--seed", help="Random seed of the first run.")] = 0,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="LVIS-format folder, as for gumbel train. Default: the embedded data."),
+    ] = None,
+    preset: Annotated[PresetName | None, typer.Option(help="Model preset. Default: tiny.")] = None,
+    loss: Annotated[
+        str,
+        typer.Option(
+            help="Loss of the registry (as gumbel train --loss), with the Gumbel activation: "
+            "gumbel, gol, gol-star, or a method with --activation gumbel."
+        ),
+    ] = "gumbel",
+    activation: Annotated[
+        str | None,
+        typer.Option(
+            help="The loss's activation (as gumbel train --activation). Default: its own."
+        ),
+    ] = None,
+    sampler: Annotated[
+        SamplerName | None, typer.Option(help="random (the paper's Fig. 1.ii) or rfs.")
+    ] = None,
+    schedule: Annotated[Schedule | None, typer.Option(help="1x (12 epochs) or 2x (24).")] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (the tiny preset: 12).")] = None,
+    max_iters: Annotated[int | None, typer.Option(help="Stop after this many iterations.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per process.")] = None,
+    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
+    workers: Annotated[int | None, typer.Option(help="Data loader workers.")] = None,
+    checkpoint_every: Annotated[
+        int | None, typer.Option(help="Also checkpoint every N iterations (0: per epoch only).")
+    ] = None,
+    grad_log: Annotated[
+        bool | None,
+        typer.Option("--grad-log/--no-grad-log", help="Record per-class gradients to HDF5."),
+    ] = None,
+    plot: Annotated[
+        Path | None,
+        typer.Option(
+            "--plot",
+            help="Figure file (Fig. 1.ii): .png, .pdf or .svg. Default: OUT/figure_1ii.png.",
+        ),
+    ] = None,
+    progress: Annotated[
+        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
+    ] = True,
+    as_json: JsonOption = False,
+) -> None:
+    """Train one run per temperature (and seed) into OUT, then draw Fig. 1.ii and its table.
+
+    Runs go to OUT/t{sigma}-s{seed}; each is a run folder as gumbel train makes. Run the same
+    command again and finished runs are skipped, runs with a checkpoint resume (as gumbel train
+    --resume), runs killed before their first checkpoint start again: a killed sweep goes on
+    where it stopped. A run whose loss becomes non-finite is listed as failed (exit status 1 at
+    the end); the others still run. The table is that of gumbel table (mean ± sample std over
+    seeds); the figure shows AP and APr against sigma, error bars one std.
+    """
+    from gumbel_analysis.analysis.plots import FIGURE_SUFFIXES, check_figure_path
+    from gumbel_analysis.experiments import sweep as lib
+    from gumbel_analysis.experiments.table import to_rich
+
+    for name, value, least in (
+        ("--epochs", epochs, 1),
+        ("--max-iters", max_iters, 1),
+        ("--batch-size", batch_size, 1),
+        ("--workers", workers, 0),
+        ("--checkpoint-every", checkpoint_every, 0),
+    ):
+        if value is not None and value < least:
+            fail(f"{name} must be at least {least}, got {value}")
+    if device is not None and device not in ("auto", "cpu") and not device.startswith("cuda"):
+        fail(f"unknown --device {device!r}; use cpu, cuda or auto")
+    if data is not None:
+        from gumbel_analysis.engine.setup import data_paths
+
+        data_paths(str(data))
+    figure = plot if plot is not None else out / lib.FIGURE_NAME
+    if plot is not None:
+        check_figure_path(plot)
+    elif figure.suffix not in FIGURE_SUFFIXES:  # pragma: no cover - the default is a .png
+        raise InputError(f"--plot {figure}: unsupported suffix")
+    if figure.exists() and figure.is_dir():
+        fail(f"--plot {figure} is a folder")
+
+    given: dict[str, Any] = {
+        "data": str(data.resolve()) if data is not None else None,
+        "preset": preset,
+        "loss": loss,
+        "activation": activation,
+        "sampler": sampler,
+        "schedule": schedule,
+        "epochs": epochs,
+        "max_iters": max_iters,
+        "batch_size": batch_size,
+        "device": device,
+        "workers": workers,
+        "checkpoint_every": checkpoint_every,
+        "grad_log": grad_log,
+    }
+    base = {k: str(v) if isinstance(v, StrEnum) else v for k, v in given.items() if v is not None}
+    temperatures = list(temperature) if temperature else list(PAPER_SIGMAS)
+    plan = lib.plan_sweep(base, temperatures, seeds, seed, out)
+
+    out.mkdir(parents=True, exist_ok=True)
+    quiet = as_json or not progress
+
+    def announce(i: int, n: int, item: lib.PlannedRun) -> None:
+        if quiet:
+            return
+        what = {
+            lib.TRAIN: "training",
+            lib.RESTART: "training again (killed before its first checkpoint)",
+            lib.RESUME: "resuming from its last checkpoint",
+            lib.EVALUATE: "evaluating its final model",
+            lib.SKIP: f"skipped ({item.state})",
+        }[item.action]
+        err_console.rule(f"run {i}/{n}: {item.name} (σ = {item.temperature:g}, seed {item.seed})")
+        err_console.print(what, markup=False)
+
+    lib.run_sweep(plan, progress=not quiet, console=err_console, announce=announce)
+    table = lib.sweep_table(plan)
+    points = lib.figure_points(table)
+    result = lib.SweepResult(out, plan, table, None, points)
+    if points:
+        title = f"Fig. 1.ii: {loss} on {preset or 'tiny'}"
+        result.figure = lib.plot_sweep(points, figure, title)
+
+    if as_json:
+        print_json(result.as_dict())
+    else:
+        console.print(to_rich(table, f"Temperature sweep in {out}"))
+        if result.figure is not None:
+            console.print(f"figure written to {result.figure}")
+        else:
+            console.print("no finished run: no figure")
+    if result.failed:
+        names = ", ".join(r.name for r in result.failed)
+        err_console.print(
+            f"error: {len(result.failed)} of {len(plan)} runs failed (non-finite loss): {names}",
+            markup=False,
+        )
+        raise typer.Exit(1)

@@ -1,0 +1,551 @@
+"""Result tables: one row per configuration, mean and spread over seeds, deltas to a baseline.
+
+Laid out as Tables 1-4 of the supplementary material: what was trained (loss, activation,
+sampler, Enh, temperature, preset, schedule), then mask AP, AP^r, AP^c, AP^f and box AP^b.
+
+Conventions (also in ``gumbel table --help`` and docs):
+
+* A cell is ``mean ± s`` over the n finished runs of a configuration, ``s`` the sample standard
+  deviation (ddof = 1): ``s = sqrt(sum (x_i - mean)^2 / (n - 1))``. With n = 1 there is no spread
+  estimate and s is shown as ``–`` (null in JSON); an undefined AP (no ground truth in a group)
+  is left out of that metric's mean, and a metric undefined in every run is ``–``.
+* With a baseline, ``delta = mean - mean_0`` and its standard error
+  ``SE = sqrt(s^2 / n + s_0^2 / n_0)`` (Welch). The delta *exceeds the seed-to-seed spread* when
+  ``|delta| > 2 SE`` (about a 95% two-sided test for normal seeds), marked ``*``. If either side
+  has a single run, SE is unknown and the delta is marked ``?`` (``exceeds`` is null in JSON).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich import box
+from rich.console import Group
+from rich.markup import escape
+from rich.table import Table
+
+from gumbel_analysis.errors import InputError
+from gumbel_analysis.experiments.runs import (
+    FAILED,
+    FINISHED,
+    IGNORED_FIELDS,
+    Run,
+    config_key,
+    field_value,
+    group_runs,
+)
+
+#: The metric columns of the paper's tables, in their order.
+TABLE_METRICS = ("AP", "APr", "APc", "APf", "APb")
+#: What each row says was trained, as the paper's tables do.
+DESCRIPTORS = ("loss", "activation", "sampler", "enh", "temperature", "preset", "schedule")
+#: Fields behind the descriptor columns (a differing one needs no column of its own).
+_DESCRIBED = frozenset(DESCRIPTORS) | {"epochs", "lr_steps"}
+#: A delta exceeds the spread when |delta| > SPREAD_FACTOR * SE.
+SPREAD_FACTOR = 2.0
+FORMATS = ("rich", "markdown", "latex", "csv")
+_HEADERS = {"temperature": "σ", "activation": "act.", "APr": "APr", "APb": "APb"}
+DASH = "–"
+
+
+@dataclass(frozen=True)
+class Stat:
+    """Mean, sample standard deviation (ddof = 1, None for n = 1) and count."""
+
+    mean: float
+    std: float | None
+    n: int
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"mean": self.mean, "std": self.std, "n": self.n}
+
+
+@dataclass(frozen=True)
+class Delta:
+    """The difference of a row's mean to the baseline's and whether it exceeds the spread."""
+
+    delta: float
+    se: float | None
+    exceeds: bool | None
+
+    def as_dict(self) -> dict[str, Any]:
+        return {"delta": self.delta, "se": self.se, "exceeds": self.exceeds}
+
+
+def summarize(values: Sequence[Any]) -> Stat | None:
+    """Stat of the finite numbers in ``values`` (None when there is none)."""
+    xs = [float(v) for v in values if _is_number(v) and math.isfinite(float(v))]
+    if not xs:
+        return None
+    n = len(xs)
+    mean = math.fsum(xs) / n
+    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
+    return Stat(mean, std, n)
+
+
+def compare(row: Stat, base: Stat) -> Delta:
+    """delta = mean - mean_0, SE = sqrt(s^2/n + s_0^2/n_0), exceeds: |delta| > 2 SE."""
+    delta = row.mean - base.mean
+    if row.std is None or base.std is None:
+        return Delta(delta, None, None)
+    se = math.sqrt(row.std**2 / row.n + base.std**2 / base.n)
+    return Delta(delta, se, abs(delta) > SPREAD_FACTOR * se)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+@dataclass
+class Row:
+    """One configuration (its finished runs), or one run that is not finished."""
+
+    status: str
+    descriptors: dict[str, Any]
+    config: dict[str, Any]
+    runs: list[str]
+    seeds: list[Any]
+    metrics: dict[str, Stat | None] = field(default_factory=dict)
+    deltas: dict[str, Delta | None] = field(default_factory=dict)
+    baseline: bool = False
+    detail: str = ""
+    varying: dict[str, list[Any]] = field(default_factory=dict)
+
+    @property
+    def n(self) -> int:
+        return len(self.runs) if self.status == FINISHED else 0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "status": self.status,
+            "detail": self.detail or None,
+            "baseline": self.baseline,
+            **self.descriptors,
+            "n": self.n,
+            "runs": self.runs,
+            "seeds": self.seeds,
+            "metrics": {k: s.as_dict() if s else None for k, s in self.metrics.items()},
+            "deltas": {k: d.as_dict() if d else None for k, d in self.deltas.items()}
+            if self.deltas
+            else None,
+            "varying": self.varying or None,
+            "config": self.config,
+        }
+
+
+@dataclass
+class ResultTable:
+    rows: list[Row]
+    columns: list[str]  # descriptor columns shown, in order
+    metrics: tuple[str, ...] = TABLE_METRICS
+    has_baseline: bool = False
+    digits: int = 1
+
+    @property
+    def finished_rows(self) -> list[Row]:
+        return [r for r in self.rows if r.status == FINISHED]
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "columns": self.columns,
+            "metrics": list(self.metrics),
+            "std": "sample standard deviation (ddof = 1); null for n = 1",
+            "exceeds_rule": f"|delta| > {SPREAD_FACTOR:g} * sqrt(s^2/n + s0^2/n0)"
+            if self.has_baseline
+            else None,
+            "rows": [r.as_dict() for r in self.rows],
+        }
+
+
+def describe(config: dict[str, Any]) -> dict[str, Any]:
+    """The descriptor columns of a config (schedule: 1x/2x, else the epochs). The temperature
+    is shown for the Gumbel activation only: a Sigmoid or Softmax run never used it."""
+    out = {name: field_value(config, name) for name in DESCRIPTORS}
+    if out["activation"] != "gumbel":
+        out["temperature"] = None
+    if out["schedule"] is None and config.get("epochs") is not None:
+        out["schedule"] = f"{config['epochs']} ep"
+    return out
+
+
+def build_table(
+    runs: Sequence[Run],
+    *,
+    baseline: Sequence[Run] | None = None,
+    group_by: Sequence[str] | None = None,
+    digits: int = 1,
+) -> ResultTable:
+    """Rows of ``runs`` (and ``baseline``'s runs, first): finished runs of one configuration
+    become one row; every other run is a row of its own with its status."""
+    fields = list(group_by) if group_by else None
+    if fields is not None:
+        known = set(DESCRIPTORS) | {k for r in [*runs, *(baseline or [])] for k in r.config}
+        unknown = [f for f in fields if f not in known]
+        if unknown:
+            raise InputError(
+                f"--group-by: unknown field {unknown[0]!r}; use a config field such as "
+                f"{', '.join(DESCRIPTORS)}"
+            )
+    base_key = _baseline_key(baseline, fields) if baseline is not None else None
+    ordered = _unique([*(baseline or []), *runs])
+    groups = group_runs(ordered, fields)
+    if base_key is not None:
+        groups.sort(key=lambda g: g.key != base_key)  # stable: the baseline first
+    rows = [_group_row(g.runs, fields, g.key == base_key) for g in groups]
+    rows += [_single_row(r) for r in ordered if not r.finished]
+    if base_key is not None:
+        base_row = rows[0]
+        for row in rows[1:]:
+            if row.status == FINISHED:
+                row.deltas = {
+                    m: compare(row.metrics[m], base_row.metrics[m])
+                    if row.metrics.get(m) and base_row.metrics.get(m)
+                    else None
+                    for m in TABLE_METRICS
+                }
+    columns = list(fields) if fields is not None else _columns(rows)
+    return ResultTable(rows, columns, TABLE_METRICS, base_key is not None, digits)
+
+
+def _unique(runs: Sequence[Run]) -> list[Run]:
+    seen: set = set()
+    out = []
+    for run in runs:
+        real = run.path.resolve()
+        if real not in seen:
+            seen.add(real)
+            out.append(run)
+    return out
+
+
+def _baseline_key(baseline: Sequence[Run], fields: list[str] | None) -> str:
+    finished = [r for r in baseline if r.finished]
+    if not finished:
+        raise InputError("--baseline holds no finished run (no metrics.json)")
+    keys = {config_key(r.config, fields) for r in finished}
+    if len(keys) > 1:
+        raise InputError(
+            f"--baseline holds runs of {len(keys)} configurations; name the run folder(s) of one"
+        )
+    return keys.pop()
+
+
+def _metric_names(runs: Sequence[Run]) -> list[str]:
+    names: list[str] = list(TABLE_METRICS)
+    for run in runs:
+        for key, value in (run.metrics or {}).items():
+            if key not in names and (value is None or _is_number(value)):
+                names.append(key)
+    return names
+
+
+def _group_row(runs: list[Run], fields: list[str] | None, is_baseline: bool) -> Row:
+    config = {k: v for k, v in runs[0].config.items() if k not in IGNORED_FIELDS}
+    varying: dict[str, list[Any]] = {}
+    if fields is not None:
+        # Runs grouped by a few fields may differ in others: say which, never hide it.
+        for key in sorted({k for r in runs for k in r.config} - IGNORED_FIELDS - set(fields)):
+            values = _distinct(r.config.get(key) for r in runs)
+            if len(values) > 1:
+                varying[key] = values
+        config = {k: v for k, v in config.items() if k not in varying}
+    return Row(
+        status=FINISHED,
+        descriptors=describe(runs[0].config)
+        if fields is None
+        else {f: field_value(runs[0].config, f) for f in fields},
+        config=config,
+        runs=[str(r.path) for r in runs],
+        seeds=[r.seed for r in runs],
+        metrics={
+            m: summarize([(r.metrics or {}).get(m) for r in runs]) for m in _metric_names(runs)
+        },
+        baseline=is_baseline,
+        varying=varying,
+    )
+
+
+def _single_row(run: Run) -> Row:
+    return Row(
+        status=run.status,
+        descriptors=describe(run.config),
+        config=run.key_config(),
+        runs=[str(run.path)],
+        seeds=[run.seed],
+        detail=run.detail,
+    )
+
+
+def _distinct(values: Any) -> list[Any]:
+    out: list[Any] = []
+    for v in values:
+        if v not in out:
+            out.append(v)
+    return out
+
+
+def _columns(rows: list[Row]) -> list[str]:
+    """The descriptors, plus each other config field that tells two rows apart which would
+    otherwise look the same (e.g. max_iters, lambda_)."""
+    columns = list(DESCRIPTORS)
+    finished = [r for r in rows if r.status == FINISHED]
+    candidates = sorted({k for r in finished for k in r.config} - _DESCRIBED)
+    for key in candidates:
+        shown: dict[str, list[Any]] = {}
+        for row in finished:
+            label = repr([_shown(row, c) for c in columns])
+            shown.setdefault(label, []).append(row.config.get(key))
+        if any(len(_distinct(v)) > 1 for v in shown.values()):
+            columns.append(key)
+    return columns
+
+
+def _shown(row: Row, column: str) -> Any:
+    return row.descriptors[column] if column in row.descriptors else row.config.get(column)
+
+
+# --- rendering ----------------------------------------------------------------------------------
+def _text(value: Any) -> str:
+    if value is None:
+        return DASH
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:g}" if math.isfinite(value) else DASH
+    if isinstance(value, dict):
+        return " ".join(f"{k}={_text(v)}" for k, v in value.items()) or DASH
+    if isinstance(value, list | tuple):
+        return ",".join(_text(v) for v in value)
+    return str(value)
+
+
+def _number(value: float | None, digits: int, sign: bool = False) -> str:
+    if value is None or not math.isfinite(value):
+        return DASH
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def cell(row: Row, metric: str, digits: int, pm: str = "±") -> str:
+    """``mean ± std`` (and `` (+delta*)`` against a baseline), ``–`` where undefined."""
+    if row.status != FINISHED:
+        return ""
+    stat = row.metrics.get(metric)
+    if stat is None:
+        return DASH
+    text = f"{_number(stat.mean, digits)} {pm} {_number(stat.std, digits)}"
+    delta = row.deltas.get(metric) if row.deltas else None
+    if delta is not None:
+        mark = "?" if delta.exceeds is None else "*" if delta.exceeds else ""
+        text += f" ({_number(delta.delta, digits, sign=True)}{mark})"
+    return text
+
+
+def _status_text(row: Row) -> str:
+    if row.status == FINISHED:
+        return "baseline" if row.baseline else FINISHED
+    return f"{row.status}: {row.runs[0]}"
+
+
+def caption(table: ResultTable) -> str:
+    text = (
+        "AP in %: mean ± sample std (ddof = 1) over the n finished runs of a configuration "
+        f"(seeds); {DASH} = undefined or n = 1."
+    )
+    if table.has_baseline:
+        text += (
+            f" (Δ) to the baseline row; * = |Δ| > {SPREAD_FACTOR:g}·SE with "
+            "SE = sqrt(s²/n + s₀²/n₀), no mark = within that spread, ? = a side has one run."
+        )
+    return text
+
+
+def _header(name: str) -> str:
+    return _HEADERS.get(name, name)
+
+
+def _show_status(table: ResultTable) -> bool:
+    return table.has_baseline or any(r.status != FINISHED for r in table.rows)
+
+
+def to_rich(table: ResultTable, title: str = "Results") -> Group:
+    """A rich table, then one line per run that is not finished (its path and why).
+
+    Descriptor columns equal in every row move to the title, so that the numbers fit a terminal.
+    """
+    columns = list(table.columns)
+    same = [c for c in columns if len({_text(_shown(r, c)) for r in table.rows}) == 1]
+    if same and table.rows:
+        shared = ", ".join(f"{_header(c)} {_text(_shown(table.rows[0], c))}" for c in same)
+        title = f"{escape(title)}\n[dim]{'all rows' if len(table.rows) > 1 else 'run'}: "
+        title += f"{escape(shared)}[/]"
+        columns = [c for c in columns if c not in same]
+    else:
+        title = escape(title)
+    note = caption(table)
+    if table.has_baseline:
+        note = "The first row (bold) is the baseline. " + note
+    out = Table(
+        title=title,
+        caption=note,
+        caption_justify="left",
+        box=box.SIMPLE_HEAD,
+        pad_edge=False,
+        collapse_padding=True,
+    )
+    for name in columns:
+        longest = max(len(_text(_shown(r, name))) for r in table.rows)
+        out.add_column(_header(name), min_width=max(len(_header(name)), min(longest, 8)))
+    for m in table.metrics:
+        out.add_column(m, justify="right", no_wrap=True)
+    out.add_column("n", justify="right", no_wrap=True)
+    notes: list[str] = []
+    for row in table.rows:
+        cells = [escape(_text(_shown(row, c))) for c in columns]
+        if row.status != FINISHED:
+            # No metrics: the status stands in the first metric column, the path below.
+            style = "red" if row.status == FAILED else "yellow"
+            cells += [f"[{style}]{row.status}[/]"] + [""] * len(table.metrics) + [""]
+            notes.append(
+                f"[{style}]{row.status}[/]: {escape(row.runs[0])}"
+                + (f" ({escape(row.detail)})" if row.detail else "")
+            )
+            out.add_row(*cells[: len(columns) + len(table.metrics) + 1])
+            continue
+        for m in table.metrics:
+            # mean ± std, and under it the delta to the baseline (coloured where it exceeds).
+            text = cell(row, m, table.digits, pm="±").replace(" ± ", "±")
+            text = text.replace(" (", "\n").rstrip(")")
+            delta = row.deltas.get(m) if row.deltas else None
+            if delta is not None and delta.exceeds:
+                text = f"[{'green' if delta.delta > 0 else 'red'}]{text}[/]"
+            cells.append(text)
+        cells.append(str(row.n))
+        out.add_row(*cells, style="bold" if row.baseline else None)
+    return Group(out, *notes)
+
+
+def _plain_rows(table: ResultTable, pm: str = "±") -> tuple[list[str], list[list[str]]]:
+    header = [_header(c) for c in table.columns] + list(table.metrics) + ["n"]
+    if _show_status(table):
+        header.append("status")
+    body = []
+    for row in table.rows:
+        cells = [_text(_shown(row, c)) for c in table.columns]
+        cells += [cell(row, m, table.digits, pm) for m in table.metrics]
+        cells.append(str(row.n) if row.status == FINISHED else "")
+        if _show_status(table):
+            cells.append(_status_text(row))
+        body.append(cells)
+    return header, body
+
+
+def to_markdown(table: ResultTable) -> str:
+    header, body = _plain_rows(table)
+
+    def line(cells: list[str]) -> str:
+        return "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
+
+    n_desc = len(table.columns)
+    align = ["---"] * n_desc + ["---:"] * (len(header) - n_desc)
+    if _show_status(table):
+        align[-1] = "---"
+    lines = [line(header), "| " + " | ".join(align) + " |", *(line(r) for r in body)]
+    return "\n".join(lines) + "\n\n" + caption(table) + "\n"
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "σ": r"$\sigma$",
+    "±": r"$\pm$",
+    DASH: "--",
+    "*": r"$^{*}$",
+    "?": r"$^{?}$",
+}
+
+
+def _latex(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(table: ResultTable) -> str:
+    header, body = _plain_rows(table)
+    n_desc = len(table.columns)
+    spec = "l" * n_desc + "r" * (len(header) - n_desc)
+    if _show_status(table):
+        spec = spec[:-1] + "l"
+    header = [h if h not in table.metrics else h.replace("AP", "AP$^{", 1) + "}$" for h in header]
+    header = [h.replace("AP$^{}$", "AP") for h in header]
+    lines = [
+        "% " + caption(table).replace("%", r"\%"),
+        rf"\begin{{tabular}}{{{spec}}}",
+        r"\hline",
+        " & ".join(h if "$" in h else _latex(h) for h in header) + r" \\",
+        r"\hline",
+        *(" & ".join(_latex(c) for c in row) + r" \\" for row in body),
+        r"\hline",
+        r"\end{tabular}",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def to_csv(table: ResultTable) -> str:
+    """One line per row; per metric its mean, std (empty for n = 1 or undefined) and, with a
+    baseline, delta and exceeds (true/false, empty when unknown)."""
+    header = [*table.columns, "n", "status", "baseline", "runs", "seeds"]
+    for m in table.metrics:
+        header += [m, f"{m}_std"]
+        if table.has_baseline:
+            header += [f"{m}_delta", f"{m}_exceeds"]
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    for row in table.rows:
+        cells = [_csv(_shown(row, c)) for c in table.columns]
+        cells += [str(row.n), row.status, _csv(row.baseline), ";".join(row.runs)]
+        cells.append(";".join(_csv(s) for s in row.seeds))
+        for m in table.metrics:
+            stat = row.metrics.get(m)
+            cells += [_csv(stat.mean if stat else None), _csv(stat.std if stat else None)]
+            if table.has_baseline:
+                delta = row.deltas.get(m) if row.deltas else None
+                cells += [
+                    _csv(delta.delta if delta else None),
+                    _csv(delta.exceeds if delta else None),
+                ]
+        writer.writerow(cells)
+    return buffer.getvalue()
+
+
+def _csv(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if math.isfinite(value) else ""
+    return _text(value)
+
+
+def render(table: ResultTable, fmt: str) -> str:
+    """The table as markdown, latex or csv text (rich goes through :func:`to_rich`)."""
+    if fmt == "markdown":
+        return to_markdown(table)
+    if fmt == "latex":
+        return to_latex(table)
+    if fmt == "csv":
+        return to_csv(table)
+    raise InputError(f"unknown table format {fmt!r}; use one of {', '.join(FORMATS)}")
