@@ -16,7 +16,7 @@ SIZE = (150, 170)  # height, width: large objects (> 96²) fit
 
 
 def _rect_mask(h: int, w: int, box: list[float]) -> np.ndarray:
-    x, y, bw, bh = (int(round(v)) for v in box)
+    x, y, bw, bh = (round(v) for v in box)
     m = np.zeros((h, w), dtype=np.uint8, order="F")
     m[max(y, 0) : max(y + bh, 0), max(x, 0) : max(x + bw, 0)] = 1
     return m

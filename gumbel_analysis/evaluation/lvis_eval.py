@@ -371,10 +371,7 @@ def _areas(dets: Detections, indices: np.ndarray, iou_type: str) -> np.ndarray:
 
 def _boxes(dets: Detections, indices: np.ndarray) -> np.ndarray:
     """Boxes of the entries ``indices``; an entry without one gets its mask's (``toBbox``)."""
-    if dets.bbox is None:
-        boxes = np.full((len(indices), 4), np.nan)
-    else:
-        boxes = dets.bbox[indices]
+    boxes = np.full((len(indices), 4), np.nan) if dets.bbox is None else dets.bbox[indices]
     lacking = np.flatnonzero(np.isnan(boxes).any(axis=1))
     if len(lacking):
         boxes[lacking] = mask_utils.toBbox(dets.rles(indices[lacking]))

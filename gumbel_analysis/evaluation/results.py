@@ -150,6 +150,22 @@ def read_results(
     return reader.finish()
 
 
+def results_from_entries(entries: list, geometry: bool = True) -> Detections:
+    """:class:`Detections` of a list of result entries (dicts), checked as a file's are."""
+    if not isinstance(entries, list):
+        raise InputError("results must be a list of LVIS result entries (dicts)")
+    reader = _Reader(None, geometry)
+    kind = _GeometryEntry if geometry else _Entry
+    try:
+        typed = msgspec.json.decode(msgspec.json.encode(entries), type=list[kind])
+    except (TypeError, ValueError, OverflowError, msgspec.MsgspecError):
+        # the original entries, not a JSON round trip (which writes NaN as null), are checked
+        typed = [reader._check(e, i) for i, e in enumerate(entries)]
+    if typed:
+        reader.parts.append(reader._columns(typed))
+    return reader.finish()
+
+
 class _UnchunkableError(Exception):
     """A piece did not decode: decode the whole file at once instead."""
 
@@ -211,13 +227,14 @@ def _raise_json_error(path: Path, data: bytes) -> None:
 class _Reader:
     """Collects the columns piece by piece; entry indices count from the file's first entry."""
 
-    def __init__(self, path: Path, geometry: bool) -> None:
+    def __init__(self, path: Path | None, geometry: bool) -> None:
         self.path, self.geometry = path, geometry
         self.count = 0
         self.parts: list[dict[str, Any]] = []
 
     def error(self, index: int, problem: str) -> InputError:
-        return InputError(f"results file {self.path}: detection {index} {problem}")
+        where = "results" if self.path is None else f"results file {self.path}"
+        return InputError(f"{where}: detection {index} {problem}")
 
     def add_piece(self, data: bytes, whole: bool = False) -> None:
         kind = _GeometryEntry if self.geometry else _Entry
