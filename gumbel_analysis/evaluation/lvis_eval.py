@@ -364,7 +364,13 @@ def _areas(dets: Detections, indices: np.ndarray, iou_type: str) -> np.ndarray:
     if iou_type == "segm":
         if not len(indices):
             return np.zeros(0)
-        return mask_utils.area(dets.rles(indices)).astype(np.float64)
+        # pycocotools 2.0.11's area() overflows a uint8 count from 256 masks on: 255 at a time
+        return np.concatenate(
+            [
+                mask_utils.area(dets.rles(indices[i : i + 255])).astype(np.float64)
+                for i in range(0, len(indices), 255)
+            ]
+        )
     boxes = _boxes(dets, indices)
     return boxes[:, 2] * boxes[:, 3]
 
