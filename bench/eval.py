@@ -125,11 +125,13 @@ def make_problem(folder: Path, num_images: int, seed: int = 0) -> tuple[Path, Pa
             scores = np.round(rng.beta(0.7, 3, PER_IMAGE), 4)  # 4 decimals: some ties
             rles = mask_utils.frPyObjects([octagon(b) for b in boxes], H, W)
             parts = []
-            for c, b, s, r in zip(cats.tolist(), boxes.round(2).tolist(), scores.tolist(), rles, strict=True):
+            for c, b, s, r in zip(
+                cats.tolist(), boxes.round(2).tolist(), scores.tolist(), rles, strict=True
+            ):
                 parts.append(
                     f'{{"image_id":{image_id},"category_id":{c},"bbox":[{b[0]},{b[1]},{b[2]},'
                     f'{b[3]}],"score":{s},"segmentation":{{"size":[{H},{W}],"counts":'
-                    f'{json.dumps(r["counts"].decode())}}}}}'
+                    f"{json.dumps(r['counts'].decode())}}}}}"
                 )
             res.write(("" if first else ",") + ",".join(parts))
             first = False
@@ -214,8 +216,10 @@ def main() -> None:
             if not (gt.is_file() and res.is_file()):
                 t0 = time.perf_counter()
                 make_problem(folder, n)
-                print(f"{n} images: generated in {time.perf_counter() - t0:.0f} s, results "
-                      f"{res.stat().st_size / 1e9:.2f} GB, gt {gt.stat().st_size / 1e6:.0f} MB")
+                print(
+                    f"{n} images: generated in {time.perf_counter() - t0:.0f} s, results "
+                    f"{res.stat().st_size / 1e9:.2f} GB, gt {gt.stat().st_size / 1e6:.0f} MB"
+                )
             ours, t_ours, m_ours = run(PROJECT, gt, res)
             print(f"{n} images, project: {t_ours:.1f} s, {m_ours:.2f} GiB peak", flush=True)
             if n == 19809 or args.no_lvis:
@@ -223,8 +227,11 @@ def main() -> None:
                 continue
             ref, t_ref, m_ref = run(LVIS_API, gt, res)
             diff = compare(ours, ref)
-            print(f"{n} images, lvis-api: {t_ref:.1f} s, {m_ref:.2f} GiB peak; "
-                  f"max |metric diff| {diff:.3g}", flush=True)
+            print(
+                f"{n} images, lvis-api: {t_ref:.1f} s, {m_ref:.2f} GiB peak; "
+                f"max |metric diff| {diff:.3g}",
+                flush=True,
+            )
             rows.append((n, t_ours, m_ours, t_ref, m_ref, diff))
             if diff > 1e-12:
                 print("METRICS DIFFER", json.dumps({"project": ours, "lvis-api": ref}))
@@ -232,14 +239,18 @@ def main() -> None:
         if args.keep is None:
             shutil.rmtree(root, ignore_errors=True)
     print(f"load average at end: {os.getloadavg()}")
-    print("\nimages | project s | project GiB | lvis-api s | lvis-api GiB | speed-up | memory ratio"
-          " | max |diff|")
+    print(
+        "\nimages | project s | project GiB | lvis-api s | lvis-api GiB | speed-up | memory ratio"
+        " | max |diff|"
+    )
     for n, t, m, tr, mr, d in rows:
         if tr is None:
             print(f"{n} | {t:.1f} | {m:.2f} | - | - | - | - | -")
         else:
-            print(f"{n} | {t:.1f} | {m:.2f} | {tr:.1f} | {mr:.2f} | {tr / t:.1f}x | "
-                  f"{mr / m:.1f}x | {d:.2g}")
+            print(
+                f"{n} | {t:.1f} | {m:.2f} | {tr:.1f} | {mr:.2f} | {tr / t:.1f}x | "
+                f"{mr / m:.1f}x | {d:.2g}"
+            )
 
 
 if __name__ == "__main__":

@@ -131,16 +131,20 @@ def read_results(
         ranges = None
     if ranges is not None:
         try:
+            done = 0  # bytes reported, separators and brackets included
             with path.open("rb") as f:
                 for a, b in ranges:
                     f.seek(a)
                     reader.add_piece(b"[" + f.read(b - a) + b"]")
                     if progress is not None:
-                        progress(b - a)
+                        progress(b - done)
+                        done = b
+            if progress is not None:
+                progress(path.stat().st_size - done)
             return reader.finish()
         except _UnchunkableError:
             reader = _Reader(path, geometry)
-    data = path.read_bytes()
+    data = _read_whole(path)
     try:
         reader.add_piece(data, whole=True)
     except _UnchunkableError:
@@ -164,6 +168,10 @@ def results_from_entries(entries: list, geometry: bool = True) -> Detections:
     if typed:
         reader.parts.append(reader._columns(typed))
     return reader.finish()
+
+
+def _read_whole(path: Path) -> bytes:
+    return path.read_bytes()
 
 
 class _UnchunkableError(Exception):
