@@ -15,7 +15,6 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from gumbel_analysis.evaluation.compat import load_lvis, patch_lvis_numpy
 from gumbel_analysis.engine.evaluate import (
     BOX_PREFIX,
     METRIC_NAMES,
@@ -25,6 +24,7 @@ from gumbel_analysis.engine.evaluate import (
     write_results,
 )
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.evaluation.compat import load_lvis, patch_lvis_numpy
 
 # pycocotools 2.0 decode on numpy 2; lvis's Logger.warn: both noise from the reference libraries
 pytestmark = [
