@@ -94,7 +94,7 @@ def evaluate(
     if gt is not None:
         raise InputError("--gt is for a results file; a run is evaluated on its --data")
     if not source.exists():
-        raise InputError(f"no such run folder, checkpoint or results file: {source}")
+        raise InputError(f"run folder, checkpoint or results file not found: {source}")
 
     from gumbel_analysis.engine.inference import evaluate_checkpoint
     from gumbel_analysis.evaluation.metrics import metrics_table
