@@ -402,7 +402,16 @@ class _Reader:
                 [p.get("bbox", np.full((n, 4), np.nan)) for p, n in zip(parts, sizes, strict=True)]
             )
         if any("counts" in p for p in parts):
-            out.counts = cat([p.get("counts", np.zeros(0, np.uint8)) for p in parts])
+            # copied part by part, each freed once copied: the masks are the bulk of the memory
+            total = sum(len(p["counts"]) for p in parts if "counts" in p)
+            out.counts = np.empty(total, dtype=np.uint8)
+            at = 0
+            for p in parts:
+                block = p.pop("counts", None)
+                if block is not None:
+                    out.counts[at : at + len(block)] = block
+                    at += len(block)
+                del block
             lengths = cat(
                 [p.get("lengths", np.zeros(n, np.int64)) for p, n in zip(parts, sizes, strict=True)]
             )
