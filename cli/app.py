@@ -38,7 +38,7 @@ app = typer.Typer(
     **APP_SETTINGS,
 )
 
-app.command("eval")(evaluate.evaluate)
+app.command("eval", cls=multi_value_command("--iou-type"))(evaluate.evaluate)
 app.command("init-bias")(init_bias.init_bias)
 app.command("make-data")(make_data.make_data)
 app.command("temperature", cls=multi_value_command("--sigma", "-s"))(temperature.temperature)

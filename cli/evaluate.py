@@ -1,43 +1,159 @@
-"""``gumbel eval``: LVIS results JSON and metrics of a run or a checkpoint."""
+"""``gumbel eval``: LVIS metrics of a results file, a run or a checkpoint."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
-from gumbel_analysis.cli.common import JsonOption, console, print_json, reports_input_errors
+from gumbel_analysis.cli.common import (
+    JsonOption,
+    console,
+    err_console,
+    print_json,
+    reports_input_errors,
+)
+from gumbel_analysis.errors import InputError
+
+_RESULTS_SUFFIXES = (".json",)
 
 
 @reports_input_errors
 def evaluate(
-    source: Annotated[Path, typer.Argument(help="A run folder or a checkpoint file.")],
-    data: Annotated[
-        Path | None, typer.Option(help="LVIS-format folder; default: the run's own data.")
+    source: Annotated[
+        Path,
+        typer.Argument(
+            help="An LVIS results JSON file (with --gt), a run folder or a checkpoint file."
+        ),
+    ],
+    gt: Annotated[
+        Path | None,
+        typer.Option("--gt", help="LVIS-format ground-truth annotation file (results files)."),
     ] = None,
-    device: Annotated[str, typer.Option(help="cpu, cuda or auto.")] = "auto",
-    batch_size: Annotated[int | None, typer.Option(help="Images per batch.")] = None,
+    iou_type: Annotated[
+        list[str] | None,
+        typer.Option("--iou-type", help="segm, bbox or both (--iou-type segm bbox, the default)."),
+    ] = None,
+    evaluator: Annotated[
+        str,
+        typer.Option(
+            "--evaluator",
+            help="fast (default; lvis-api's numbers category by category) or lvis (the "
+            "official LVISEval, the reference: same numbers, slower, more memory).",
+        ),
+    ] = "fast",
+    max_dets: Annotated[
+        int, typer.Option("--max-dets", help="Detections kept per image (LVIS: 300).")
+    ] = 300,
+    data: Annotated[
+        Path | None,
+        typer.Option(help="Runs: LVIS-format folder to evaluate on; default: the run's own data."),
+    ] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            help="Folder for metrics.json (and a model's results.json). Default for a run: "
+            "beside the checkpoint (results.<data>.json when --data is other data); for a "
+            "results file: nothing written.",
+        ),
+    ] = None,
+    device: Annotated[str, typer.Option(help="Runs: cpu, cuda or auto.")] = "auto",
+    batch_size: Annotated[int | None, typer.Option(help="Runs: images per batch.")] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     as_json: JsonOption = False,
 ) -> None:
-    """Evaluate a trained model on its val set with the official LVISEval.
+    """LVIS AP (AP, AP50, AP75, APs, APm, APl, APr, APc, APf) for masks and boxes (APb).
 
-    Writes results.json (bbox and segm, the LVIS results format every LVIS tool reads) and
-    metrics.json (AP, AP50, AP75, APs, APm, APl, APr, APc, APf, APb) beside the checkpoint.
+    A results file (the JSON list that detectron2's LVISEvaluator, mmdetection's LVISMetric
+    (.bbox.json / .segm.json) and this toolkit write) is evaluated against --gt; box-only
+    results or ground truth give box AP only, with a note. Mask object sizes come from the masks,
+    as detectron2 evaluates LVIS. The numbers are lvis-api 0.5.3's (--evaluator lvis runs it).
+
+    A run folder or checkpoint is first run over its val set (or --data's): results.json and
+    metrics.json are written beside the checkpoint; with other --data their names carry the data
+    folder's name (results.<data>.json), so the run's own files are never replaced.
     """
-    from gumbel_analysis.engine.evaluate import metrics_table
-    from gumbel_analysis.engine.inference import evaluate_checkpoint
+    iou_types = tuple(iou_type or ("segm", "bbox"))
+    unknown = [t for t in iou_types if t not in ("segm", "bbox")]
+    if unknown:
+        raise InputError(f"--iou-type must be segm or bbox, got {unknown[0]!r}")
+    if evaluator not in ("fast", "lvis"):
+        raise InputError(f"--evaluator must be fast or lvis, got {evaluator!r}")
+    if max_dets < 1:
+        raise InputError(f"--max-dets must be a positive integer, got {max_dets}")
+    if out is not None:
+        from gumbel_analysis.io import check_writable_folder
 
-    metrics, run = evaluate_checkpoint(
+        check_writable_folder(out, "--out folder")
+    if source.is_file() and source.suffix.lower() in _RESULTS_SUFFIXES:
+        _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as_json)
+        return
+    if gt is not None:
+        raise InputError("--gt is for a results file; a run is evaluated on its --data")
+    if not source.exists():
+        raise InputError(f"run folder, checkpoint or results file not found: {source}")
+
+    from gumbel_analysis.engine.inference import evaluate_checkpoint
+    from gumbel_analysis.evaluation.metrics import metrics_table
+
+    metrics, paths = evaluate_checkpoint(
         source,
         data=str(data) if data is not None else None,
         device=device,
         batch_size=batch_size,
         progress=progress and not as_json,
+        out=out,
+        iou_types=iou_types,
+        evaluator=evaluator,
+        max_dets=max_dets,
     )
     if as_json:
         print_json(metrics)
         return
     console.print(metrics_table(metrics, f"{metrics.get('loss', '')}: LVIS metrics (val)"))
-    console.print(f"results: {run.results}  metrics: {run.metrics}")
+    console.print(f"results: {paths.results}  metrics: {paths.metrics}")
+
+
+def _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as_json) -> None:
+    import warnings
+
+    from rich.progress import Progress
+
+    from gumbel_analysis.evaluation.metrics import evaluate_results, metrics_table
+
+    if gt is None:
+        raise InputError("a results file needs --gt, the LVIS annotation file it answers")
+    if not gt.is_file():
+        raise InputError(f"--gt annotation file not found: {gt}")
+    notes: list[str] = []
+    with (
+        Progress(console=err_console, transient=True, disable=not progress or as_json) as bar,
+        warnings.catch_warnings(),
+    ):
+        warnings.simplefilter("ignore", UserWarning)  # the notes are printed below
+        metrics = evaluate_results(
+            gt,
+            source,
+            iou_types=iou_types,
+            max_dets=max_dets,
+            evaluator=evaluator,
+            progress=bar,
+            notes=notes,
+        )
+    report = {"results": str(source), "gt": str(gt), "evaluator": evaluator, **metrics}
+    report["notes"] = notes
+    if out is not None:
+        from gumbel_analysis.io import write_text_atomic
+
+        write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+    if as_json:
+        print_json(report)
+        return
+    for note in notes:
+        err_console.print(f"note: {note}", markup=False)
+    console.print(metrics_table(metrics, f"{source.name}: LVIS metrics"))
+    if out is not None:
+        console.print(f"metrics: {out / 'metrics.json'}")

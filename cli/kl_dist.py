@@ -83,13 +83,6 @@ def kl_dist(
     count: Annotated[
         bool, typer.Option("--count", help="Count detections instead of summing their scores.")
     ] = False,
-    workers: Annotated[
-        int | None,
-        typer.Option(
-            "--workers",
-            help="Processes parsing a large results file (default: the usable CPUs, at most 4).",
-        ),
-    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Compare each run's predicted category distribution per image with the target (Fig. 3).
@@ -111,8 +104,6 @@ def kl_dist(
         check_figure_path(plot)
     if image_root is not None and not image_root.is_dir():
         raise InputError(f"--image-root is not a folder: {image_root}")
-    if workers is not None and workers < 1:
-        raise InputError(f"--workers must be at least 1, got {workers}")
     if images and num_images is not None:
         raise InputError("give either --images or --num-images, not both")
     options = KLOptions(
@@ -140,11 +131,16 @@ def kl_dist(
             num_images=DEFAULT_NUM_IMAGES if num_images is None else num_images,
             seed=seed,
             progress=track,
-            workers=workers,
         )
     if plot is not None:
         plot_kl_dist(comparison, plot, image_root)
     report = comparison.to_dict()
+    for run in report["runs"]:
+        if run["detections"] == 0:
+            err_console.print(
+                f"note: {run['label']} has no detections: every image is at the uniform prediction",
+                markup=False,
+            )
     report["figure"] = str(plot) if plot is not None else None
     if as_json:
         print_json(report)

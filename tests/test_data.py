@@ -13,11 +13,11 @@ import pycocotools.mask as mask_utils
 import pytest
 import torch
 
-from gumbel_analysis.data import lvis_io
 from gumbel_analysis.data.dataset import LVISDetection, collate, image_path
 from gumbel_analysis.data.sampling import build_train_sampler
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.evaluation import compat
 
 SPEC = SyntheticSpec(classes=7, train_images=30, val_images=10, size=48, seed=5)
 
@@ -117,8 +117,8 @@ def test_collate_and_a_data_loader_with_rfs(root):
 def test_evaluation_rewriting_segmentations_does_not_change_the_items(root):
     ds = dataset(root, "val")
     before = ds[0][1]["masks"].clone()
-    lvis_io.patch_lvis_numpy()
-    gt = lvis_io.load_lvis(ds.data)  # shares the dicts; LVISEval turns polygons into RLE
+    compat.patch_lvis_numpy()
+    gt = compat.load_lvis(ds.data)  # shares the dicts; LVISEval turns polygons into RLE
     results = [dict(a, score=1.0) for a in copy.deepcopy(ds.data["annotations"])]
     lvis.LVISEval(gt, results, "segm").evaluate()
     assert isinstance(ds.data["annotations"][0]["segmentation"], dict)

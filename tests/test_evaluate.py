@@ -15,7 +15,6 @@ import torch
 from rich.console import Console
 from rich.progress import Progress
 
-from gumbel_analysis.data.lvis_io import load_lvis, patch_lvis_numpy
 from gumbel_analysis.engine.evaluate import (
     BOX_PREFIX,
     METRIC_NAMES,
@@ -25,6 +24,7 @@ from gumbel_analysis.engine.evaluate import (
     write_results,
 )
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.evaluation.compat import load_lvis, patch_lvis_numpy
 
 # pycocotools 2.0 decode on numpy 2; lvis's Logger.warn: both noise from the reference libraries
 pytestmark = [
@@ -404,8 +404,8 @@ def test_box_metrics_from_mask_only_results(gt):
     [
         ({"image_id": 99}, r"1 image id\(s\) absent from the ground truth, e.g. 99"),
         ({"category_id": 7}, r"1 category id\(s\) absent from the ground truth, e.g. 7"),
-        ({"score": None}, "result 0 has a score that is not a number"),
-        ({"image_id": None}, r"image id\(s\) absent from the ground truth, e.g. None"),
+        ({"score": None}, "detection 0 has score None"),
+        ({"image_id": None}, "detection 0 has image_id None"),
     ],
 )
 def test_unknown_ids_and_malformed_results_are_input_errors(gt, change, message):
@@ -424,7 +424,7 @@ def test_bad_arguments_are_input_errors(gt):
     with pytest.raises(InputError, match="mask size"):
         evaluate_results(gt, [small])
     no_score = {k: v for k, v in result.items() if k != "score"}
-    with pytest.raises(InputError, match="result 0 is not an LVIS result entry: it has no score"):
+    with pytest.raises(InputError, match="detection 0 has no score"):
         evaluate_results(gt, [no_score])
     with pytest.raises(InputError, match="neither a bbox"):
         bare = {k: v for k, v in result.items() if k not in ("bbox", "segmentation")}
@@ -432,7 +432,7 @@ def test_bad_arguments_are_input_errors(gt):
     del gt["categories"][0]["frequency"]
     with pytest.raises(InputError, match="frequency group"):
         evaluate_results(gt, [result])
-    with pytest.raises(InputError, match="not LVIS"):
+    with pytest.raises(InputError, match="not an LVIS annotation file"):
         evaluate_results({"images": []}, [result])
 
 

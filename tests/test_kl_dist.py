@@ -20,10 +20,9 @@ from gumbel_analysis.analysis.kl import (
     smoothed,
 )
 from gumbel_analysis.cli.app import app
-from gumbel_analysis.data import lvis_results
 from gumbel_analysis.data.lvis_io import load_lvis_json
-from gumbel_analysis.data.lvis_results import read_results
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.evaluation import results as lvis_results
 
 runner = CliRunner()
 
@@ -305,6 +304,12 @@ def load_lvis_json_dict(data: dict) -> dict:
 # ----------------------------------------------------------------------------- the parser
 
 
+def read_results(path, progress=None):
+    """The shared reader's columns, as kl-dist reads them."""
+    d = lvis_results.read_results(path, geometry=False, progress=progress)
+    return d.image_id, d.category_id, d.score
+
+
 def random_triples(n, seed=0):
     rng = np.random.default_rng(seed)
     ids = zip(rng.integers(1, 10**6, n), rng.integers(1, 1204, n), rng.random(n), strict=True)
@@ -313,20 +318,18 @@ def random_triples(n, seed=0):
 
 @pytest.mark.parametrize("kind", ["bbox", "segm"])
 @pytest.mark.parametrize("indent", [None, 2])
-@pytest.mark.parametrize(("chunk", "workers"), [(97, 1), (3000, 2)])
-def test_parsing_in_pieces_gives_what_json_load_gives(
-    tmp_path, monkeypatch, kind, indent, chunk, workers
-):
+@pytest.mark.parametrize("chunk", [97, 3000])
+def test_parsing_in_pieces_gives_what_json_load_gives(tmp_path, monkeypatch, kind, indent, chunk):
     triples = random_triples(500)
     path = write_results(tmp_path / "r.json", triples, kind, indent=indent)
-    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", chunk)  # many pieces, cut anywhere
+    monkeypatch.setattr(lvis_results, "_PIECE_BYTES", chunk)  # many pieces, cut anywhere
     assert len(lvis_results._piece_ranges(path)) > 10
     calls = []
     monkeypatch.setattr(
-        lvis_results, "_parse_whole", lambda p: calls.append(p)
+        lvis_results, "_read_whole", lambda p: calls.append(p)
     )  # must not be needed
     done = []
-    image_ids, category_ids, scores = read_results(path, done.append, workers=workers)
+    image_ids, category_ids, scores = read_results(path, done.append)
     assert not calls
     assert image_ids.tolist() == [t[0] for t in triples]
     assert category_ids.tolist() == [t[1] for t in triples]
@@ -334,17 +337,14 @@ def test_parsing_in_pieces_gives_what_json_load_gives(
     assert sum(done) == path.stat().st_size
 
 
-@pytest.mark.parametrize("workers", [1, 2])
-def test_a_bad_detection_in_a_later_piece_is_named_by_its_index_in_the_file(
-    tmp_path, monkeypatch, workers
-):
+def test_a_bad_detection_in_a_later_piece_is_named_by_its_index_in_the_file(tmp_path, monkeypatch):
     entries = [{"image_id": i, "category_id": 1, "score": 0.5} for i, *_ in random_triples(300)]
     entries[250]["category_id"] = "cup"
     path = tmp_path / "r.json"
     path.write_text(json.dumps(entries))
-    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 1000)
+    monkeypatch.setattr(lvis_results, "_PIECE_BYTES", 1000)
     with pytest.raises(InputError, match=r"detection 250 has category_id 'cup'"):
-        read_results(path, workers=workers)
+        read_results(path)
 
 
 def test_a_separator_inside_a_string_still_parses_right(tmp_path, monkeypatch):
@@ -355,7 +355,7 @@ def test_a_separator_inside_a_string_still_parses_right(tmp_path, monkeypatch):
     entries[7]["parts"] = [{"a": 1}, {"b": [2, {"c": 3}]}]
     path = tmp_path / "odd.json"
     path.write_text(json.dumps(entries))
-    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 50)
+    monkeypatch.setattr(lvis_results, "_PIECE_BYTES", 50)
     image_ids, _, scores = read_results(path)
     assert image_ids.tolist() == list(range(40))
     assert scores.tolist() == [0.5] * 40
@@ -364,23 +364,17 @@ def test_a_separator_inside_a_string_still_parses_right(tmp_path, monkeypatch):
 @pytest.mark.parametrize(
     ("content", "message"),
     [
-        ("[]", "has no detections"),
         ("", "not valid JSON"),
         ('[{"image_id": 1, "category_id": 2, "score": 0.5}, {"image_id": 1, "cat', "truncated"),
         ('{"annotations": []}', "not a list of detections"),
         ('[{"image_id": 1, "category_id": 2, "score": 0.5}, 7]', "detection 1 is not an object"),
-        ('[{"image_id": 1, "category_id": 2}]', "detection 0 is not an object"),
+        ('[{"image_id": 1, "category_id": 2}]', "detection 0 has no score"),
         ('[{"image_id": 1, "score": 0.5}]', "detection 0 has no category_id"),
         ('[{"image_id": "1", "category_id": 2, "score": 0.5}]', "image_id '1'"),
         ('[{"image_id": 1, "category_id": 2.5, "score": 0.5}]', "category_id 2.5"),
         ('[{"image_id": 1, "category_id": 2, "score": -0.5}]', "score -0.5"),
         ('[{"image_id": 1, "category_id": 2, "score": NaN}]', "score nan"),
         ('[{"image_id": 1, "category_id": 2, "score": null}]', "score None"),
-        (
-            '[{"image_id": 1, "category_id": 2, "score": 0.5, "x": {"score": 1, "image_id": 1,'
-            ' "category_id": 2}}]',
-            "nested",
-        ),
     ],
 )
 def test_bad_results_files_raise_one_clear_input_error(tmp_path, content, message):
@@ -475,7 +469,6 @@ def bad_cli_inputs(tmp_path, gt, runs):
             [results("uc.json", '[{"image_id": 10, "category_id": 4, "score": 0.5}]')],
             "category id 4",
         ),
-        "empty results": ([results("empty.json", "[]")], "has no detections"),
         "truncated": ([results("trunc.json", '[{"image_id": 10, "categ')], "not valid JSON"),
         "missing results": ([str(tmp_path / "nope.json")], "not found"),
         "gt not lvis": ([*good, "--gt", not_lvis], "is not LVIS"),
@@ -494,7 +487,6 @@ def bad_cli_inputs(tmp_path, gt, runs):
     [
         "unknown image",
         "unknown category",
-        "empty results",
         "truncated",
         "missing results",
         "gt not lvis",
@@ -523,36 +515,36 @@ def test_cli_bad_input_exits_2_with_one_line_and_no_figure(files, tmp_path, case
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".fig")]
 
 
-def test_cli_with_worker_processes_gives_the_same_json(files, tmp_path, monkeypatch):
-    gt, _ = files
-    rng = np.random.default_rng(3)
-    dets = [
-        (int(i), int(c), float(s))
-        for i, c, s in zip(
-            rng.choice([10, 20, 30, 40, 50], 400), rng.choice(CAT_IDS, 400), rng.random(400),
-            strict=True,
-        )
-    ]  # fmt: skip
-    runs = [write_results(tmp_path / "a.json", dets), write_results(tmp_path / "b.json", dets[::2])]
-    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 2000)
-    outputs = []
-    for workers in ("1", "2"):
-        args = ["kl-dist", "--gt", str(gt), *map(str, runs), "--json", "--workers", workers]
-        result = runner.invoke(app, args)
-        assert result.exit_code == 0, result.stderr
-        outputs.append(json.loads(result.stdout))
-    assert outputs[0] == outputs[1]
-    want = expected_kl(GT_INSTANCES, dets, 1e-6)
-    assert outputs[1]["runs"][0]["kl_mean"] == pytest.approx(np.mean(list(want.values())))
-
-
-def test_a_bad_ground_truth_stops_the_workers_cleanly(tmp_path, monkeypatch):
+def test_a_bad_ground_truth_is_an_input_error(tmp_path):
     results = write_results(tmp_path / "r.json", random_triples(400))
     not_lvis = tmp_path / "gt.json"
     not_lvis.write_text(json.dumps({"images": [], "annotations": []}))
-    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 2000)
     with pytest.raises(InputError, match="is not LVIS"):
-        compare_runs(not_lvis, [results], workers=2)
+        compare_runs(not_lvis, [results])
+
+
+def test_empty_results_are_a_run_without_detections(files, tmp_path):
+    gt, _ = files
+    empty = tmp_path / "empty.json"
+    empty.write_text("[]")
+    result = runner.invoke(app, ["kl-dist", "--gt", str(gt), str(empty), "--json"])
+    assert result.exit_code == 0, result.stderr
+    run = json.loads(result.stdout)["runs"][0]
+    assert (
+        run["detections"] == 0
+        and run["images_without_detections"] == json.loads(result.stdout)["images"]
+    )
+    assert "no detections" in result.stderr and "uniform" in result.stderr
+
+
+def test_nested_objects_with_a_score_in_extra_keys_are_skipped(tmp_path):
+    path = tmp_path / "nested.json"
+    path.write_text(
+        '[{"image_id": 1, "category_id": 2, "score": 0.5, "x": {"score": 1, "image_id": 1,'
+        ' "category_id": 2}}]'
+    )
+    image_ids, category_ids, scores = read_results(path)
+    assert image_ids.tolist() == [1] and category_ids.tolist() == [2] and scores.tolist() == [0.5]
 
 
 def test_reads_what_gumbel_eval_writes(tmp_path, monkeypatch):
@@ -577,9 +569,9 @@ def test_reads_what_gumbel_eval_writes(tmp_path, monkeypatch):
     assert "segmentation" in results[0]
     path = tmp_path / "eval.json"
     write_results(path, results)
-    monkeypatch.setattr(lvis_results, "_CHUNK_BYTES", 500)
-    monkeypatch.setattr(lvis_results, "_parse_whole", lambda p: pytest.fail("pieces should parse"))
-    image_ids, category_ids, scores = read_results(path, workers=1)
+    monkeypatch.setattr(lvis_results, "_PIECE_BYTES", 500)
+    monkeypatch.setattr(lvis_results, "_read_whole", lambda p: pytest.fail("pieces should parse"))
+    image_ids, category_ids, scores = read_results(path)
     assert image_ids.tolist() == [r["image_id"] for r in results]
     assert category_ids.tolist() == [r["category_id"] for r in results]
     assert scores.tolist() == [r["score"] for r in results]

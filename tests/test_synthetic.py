@@ -31,6 +31,7 @@ from gumbel_analysis.data.synthetic import (
     val_image_counts,
 )
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.evaluation import compat
 
 SMALL = SyntheticSpec(classes=8, train_images=40, val_images=12, size=64, seed=3)
 
@@ -116,7 +117,7 @@ def test_negative_categories_are_absent_from_their_image(small):
 
 
 def test_ground_truth_as_results_scores_ap_one_and_a_false_positive_lowers_it(small):
-    lvis_io.patch_lvis_numpy()
+    compat.patch_lvis_numpy()
     gt = lvis.LVIS(str(small / "annotations" / "lvis_v1_val.json"))
     results = [
         {

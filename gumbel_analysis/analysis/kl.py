@@ -18,8 +18,9 @@ Definitions (over the C ground-truth categories, in id order, the classifier's c
   between the dataset-wide histograms: ground-truth instances per category against the predicted
   mass per category (summed over the same images, smoothed the same way).
 
-Results files are LVIS/COCO results, read by :mod:`gumbel_analysis.data.lvis_results`
-(scores and ids only, in parallel pieces). The figure is drawn by
+Results files are LVIS/COCO results, read by :mod:`gumbel_analysis.evaluation.results` (the
+reader ``gumbel eval`` uses; scores and ids only). An empty list is a run without detections:
+every image gets the uniform prediction. The figure is drawn by
 :mod:`gumbel_analysis.analysis.kl_plot`.
 """
 
@@ -35,8 +36,8 @@ import numpy as np
 from scipy.special import rel_entr
 
 from gumbel_analysis.data.lvis_io import FREQUENCY_GROUPS, load_lvis_json, sorted_categories
-from gumbel_analysis.data.lvis_results import ResultsParser, read_results
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.evaluation.results import read_results
 
 DEFAULT_EPS = 1e-6
 DEFAULT_NUM_IMAGES = 4
@@ -325,10 +326,9 @@ def load_detections(
     path: str | os.PathLike,
     gt: GroundTruth,
     progress: Callable[[int], None] | None = None,
-    workers: int | None = None,
 ) -> Detections:
-    image_ids, category_ids, scores = read_results(path, progress, workers)
-    return match_detections(gt, image_ids, category_ids, scores, str(path))
+    cols = read_results(path, geometry=False, progress=progress)
+    return match_detections(gt, cols.image_id, cols.category_id, cols.score, str(path))
 
 
 def select_detections(det: Detections, score_threshold: float = 0.0, top_k: int = 0) -> Detections:
@@ -454,13 +454,8 @@ def compare_runs(
     num_images: int = DEFAULT_NUM_IMAGES,
     seed: int = 0,
     progress: ProgressFactory | None = None,
-    workers: int | None = None,
 ) -> KLComparison:
-    """Read the ground truth and each results file, and compare every run with the target.
-
-    ``workers``: processes parsing the results files (see :class:`ResultsParser`); they start
-    before the ground truth is read.
-    """
+    """Read the ground truth and each results file, and compare every run with the target."""
     options = options or KLOptions()
     if not result_paths:
         raise InputError("give at least one results file")
@@ -472,25 +467,19 @@ def compare_runs(
     if not gt_path.is_file():
         raise InputError(f"annotation file not found: {gt_path}")
     track = progress or (lambda _description, _total: None)
-    with ResultsParser(workers) as parser:
-        # the workers parse the results files while this process reads the ground truth
-        jobs = [
-            parser.submit(path, track(label, Path(path).stat().st_size))
-            for path, label in zip(result_paths, names, strict=True)
-        ]
-        advance = track("ground truth", gt_path.stat().st_size)
-        data = load_lvis_json(gt_path)
-        gt = ground_truth_from_dict(data, str(gt_path))
-        chosen = choose_rows(gt, image_ids, num_images, seed)
-        comparison = KLComparison(gt, options, chosen)
-        comparison.chosen_annotations = _chosen_annotations(data, gt.row_image_ids[chosen])
-        del data  # the annotation dict is the largest object; only its arrays are needed now
-        if advance:
-            advance(gt_path.stat().st_size)
-        for job, label in zip(jobs, names, strict=True):
-            det = match_detections(gt, *job.result(), source=str(job.path))
-            comparison.runs.append(evaluate_run(gt, det, options, label, chosen))
-            del det
+    advance = track("ground truth", gt_path.stat().st_size)
+    data = load_lvis_json(gt_path)
+    gt = ground_truth_from_dict(data, str(gt_path))
+    chosen = choose_rows(gt, image_ids, num_images, seed)
+    comparison = KLComparison(gt, options, chosen)
+    comparison.chosen_annotations = _chosen_annotations(data, gt.row_image_ids[chosen])
+    del data  # the annotation dict is the largest object; only its arrays are needed now
+    if advance:
+        advance(gt_path.stat().st_size)
+    for path, label in zip(result_paths, names, strict=True):
+        det = load_detections(path, gt, track(label, Path(path).stat().st_size))
+        comparison.runs.append(evaluate_run(gt, det, options, label, chosen))
+        del det
     return comparison
 
 

@@ -2,10 +2,8 @@
 
 * :func:`read_json` / :func:`load_lvis_json` give one clear :class:`InputError` for a missing,
   truncated or non-LVIS file instead of a traceback from deep inside ``json`` or ``lvis``.
-* :func:`load_lvis` returns an official ``lvis.LVIS`` object built from the validated dict.
-* :func:`patch_lvis_numpy` makes the released ``lvis`` (0.5.3) work with numpy 2: its evaluator
-  uses ``np.float``, an alias numpy 2 removed. Rather than touching numpy or site-packages, the
-  ``lvis`` modules get a proxy of numpy that also answers the removed aliases.
+* The lvis-api pieces (the numpy 2 shim, ``lvis.LVIS`` from a dict) live in
+  :mod:`gumbel_analysis.evaluation.compat`.
 * Frequency groups (``r``/``c``/``f`` from each category's ``frequency``) and the class
   frequency ``f_c = image_count / number of training images`` that GOL's lambda compares with.
 """
@@ -14,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import types
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,42 +21,6 @@ import numpy as np
 from gumbel_analysis.errors import InputError
 
 FREQUENCY_GROUPS = ("r", "c", "f")
-
-# numpy 1.x aliases removed in numpy 2 (and deprecated since 1.20) that lvis still uses.
-_REMOVED_NUMPY_ALIASES = {
-    "float": float,
-    "int": int,
-    "bool": bool,
-    "object": object,
-    "str": str,
-    "long": int,
-    "complex": complex,
-}
-
-
-class _NumpyWithAliases(types.ModuleType):
-    """numpy as seen by lvis: every attribute of numpy, plus the removed builtin aliases."""
-
-    def __init__(self) -> None:
-        super().__init__("numpy")
-
-    def __getattr__(self, name: str) -> Any:
-        try:
-            return getattr(np, name)
-        except AttributeError:
-            if name in _REMOVED_NUMPY_ALIASES:
-                return _REMOVED_NUMPY_ALIASES[name]
-            raise
-
-
-def patch_lvis_numpy() -> None:
-    """Give the ``lvis`` modules that use numpy a numpy with the removed aliases. Idempotent."""
-    import lvis.colormap
-    import lvis.eval
-
-    for module in (lvis.eval, lvis.colormap):
-        if not isinstance(module.np, _NumpyWithAliases):
-            module.np = _NumpyWithAliases()
 
 
 def read_json(
@@ -127,18 +88,6 @@ def load_lvis_json(path: str | os.PathLike) -> dict:
         im.setdefault("not_exhaustive_category_ids", [])
     _fill_counts(data)
     return data
-
-
-def load_lvis(path_or_data: str | os.PathLike | dict):
-    """An official ``lvis.LVIS`` object from a path or an already loaded dict."""
-    import lvis
-
-    data = path_or_data if isinstance(path_or_data, dict) else load_lvis_json(path_or_data)
-    api = lvis.LVIS.__new__(lvis.LVIS)  # LVIS() only takes a path; build it from the dict
-    api.logger = lvis.lvis.logging.getLogger(lvis.lvis.__name__)
-    api.dataset = data
-    api._create_index()
-    return api
 
 
 def _fill_counts(data: dict) -> None:

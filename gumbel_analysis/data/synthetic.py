@@ -48,7 +48,6 @@ import json
 import math
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -56,6 +55,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.io import make_temp_dir
 
 #: Bumped whenever the generator's output changes, so cached datasets are rebuilt.
 GENERATOR_VERSION = 1
@@ -212,7 +212,7 @@ def make_synthetic(
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     plan = _plan(spec)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    tmp = make_temp_dir(out_dir.parent, out_dir.name)
     try:
         _write(tmp, spec, plan, progress)
         _move_into_place(tmp, out_dir, overwrite)

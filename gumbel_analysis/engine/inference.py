@@ -1,9 +1,11 @@
-"""Run a detector over a dataset and evaluate its detections with LVISEval."""
+"""Run a detector over a dataset and evaluate its detections (lvis-api's numbers)."""
 
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from gumbel_analysis.engine.config import TrainConfig
 from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results, write_results
 from gumbel_analysis.engine.setup import RunPaths, data_paths, make_loss, pick_device
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.io import write_text_atomic
+from gumbel_analysis.io import check_writable_folder, write_text_atomic
 from gumbel_analysis.model import build_model
 
 
@@ -53,10 +55,14 @@ def evaluate_model(
     device: torch.device,
     batch_size: int = 4,
     progress: bool = True,
+    **evaluate_options: Any,
 ) -> tuple[dict, list[dict]]:
-    """Metrics (AP, APr, APc, APf, APb, ...) and the results they were computed from."""
+    """Metrics (AP, APr, APc, APf, APb, ...) and the results they were computed from.
+
+    ``evaluate_options`` go to :func:`evaluate_results` (``iou_types``, ``evaluator``,
+    ``max_dets``)."""
     results = predict(model, dataset, device, batch_size, progress=progress)
-    metrics = evaluate_results(Path(dataset.ann_file), results)
+    metrics = evaluate_results(Path(dataset.ann_file), results, **evaluate_options)
     return metrics, results
 
 
@@ -67,13 +73,39 @@ def evaluate_run(
     run: RunPaths,
     cfg: TrainConfig,
     progress: bool = True,
+    outputs: OutputPaths | None = None,
+    **evaluate_options: Any,
 ) -> dict[str, Any]:
-    """Evaluate on the val set and write ``results.json`` and ``metrics.json`` atomically."""
-    metrics, results = evaluate_model(model, val_set, device, cfg.batch_size, progress)
-    write_results(run.results, results)
-    metrics = {"loss": cfg.loss, "preset": cfg.preset, **metrics}
-    write_text_atomic(run.metrics, json.dumps(metrics, indent=2) + "\n")
+    """Evaluate on the val set and write the results and metrics atomically (``outputs``;
+    default the run's ``results.json`` and ``metrics.json``)."""
+    outputs = outputs or OutputPaths(run.results, run.metrics)
+    metrics, results = evaluate_model(
+        model, val_set, device, cfg.batch_size, progress, **evaluate_options
+    )
+    write_results(outputs.results, results)
+    metrics = {"loss": cfg.loss, "preset": cfg.preset, "data": cfg.data, **metrics}
+    write_text_atomic(outputs.metrics, json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+@dataclass(frozen=True)
+class OutputPaths:
+    """Where an evaluation writes its results and metrics."""
+
+    results: Path
+    metrics: Path
+
+
+def output_paths(run: RunPaths, own_data: str, data: str | None, out: Path | None) -> OutputPaths:
+    """``out/results.json`` and ``out/metrics.json`` when ``out`` is given; else the run's own
+    files when the data is the run's own, else ``results.<data>.json`` / ``metrics.<data>.json``
+    beside them (``<data>`` the data folder's name), so a run's own files are never replaced."""
+    if out is not None:
+        return OutputPaths(Path(out) / "results.json", Path(out) / "metrics.json")
+    if data is None or Path(data).resolve() == Path(own_data).resolve():
+        return OutputPaths(run.results, run.metrics)
+    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name) or "data"
+    return OutputPaths(run.root / f"results.{name}.json", run.root / f"metrics.{name}.json")
 
 
 def evaluate_checkpoint(
@@ -83,9 +115,12 @@ def evaluate_checkpoint(
     device: str = "auto",
     batch_size: int | None = None,
     progress: bool = True,
-) -> tuple[dict[str, Any], RunPaths]:
+    out: str | Path | None = None,
+    **evaluate_options: Any,
+) -> tuple[dict[str, Any], OutputPaths]:
     """``gumbel eval``: a run folder (its ``model_final.pt``, else ``last.pt``) or a checkpoint
-    file, evaluated on its data's val set (or ``data``); writes results and metrics beside it."""
+    file, evaluated on its data's val set (or ``data``); writes results and metrics beside it
+    (see :func:`output_paths`), after checking, before inference, that it can."""
     source = Path(source)
     if source.is_dir():
         run = RunPaths(source)
@@ -98,6 +133,8 @@ def evaluate_checkpoint(
     if "config" not in state or "model" not in state:
         raise InputError(f"{path} holds no model and configuration")
     cfg = TrainConfig.from_dict(state["config"])
+    outputs = output_paths(run, cfg.data, data, Path(out) if out is not None else None)
+    check_writable_folder(outputs.results.parent)
     if data is not None:
         cfg.data = data
     if batch_size is not None:
@@ -116,4 +153,5 @@ def evaluate_checkpoint(
         ) from None
     dev = pick_device(device)
     model.to(dev)
-    return evaluate_run(model, val_set, dev, run, cfg, progress), run
+    metrics = evaluate_run(model, val_set, dev, run, cfg, progress, outputs, **evaluate_options)
+    return metrics, outputs
