@@ -63,23 +63,32 @@ GUMBEL_INIT_WEIGHT = 1e-3
 
 @dataclass
 class EntryWeights:
-    """``w_ij`` of Eq. 4: ``entries`` for every entry (None: 1), ``positive`` [P] for the target-1
-    entries in :func:`~gumbel_analysis.losses.gumbel.positive_index` order (None: as
-    ``entries``)."""
+    """``w_ij`` of Eq. 4: ``entries`` for every entry (None: 1), and for the target-1 entries
+    either ``positive`` [P] (in :func:`~gumbel_analysis.losses.gumbel.positive_index` order) or
+    ``positive_columns`` [K] (by the entry's column); None: as ``entries``."""
 
     entries: torch.Tensor | None = None
     positive: torch.Tensor | None = None
+    positive_columns: torch.Tensor | None = None
+
+    def positive_rows(self, labels: torch.Tensor, k: int, with_background: bool):
+        """The [P] weights of the target-1 entries, or None where ``entries`` holds them."""
+        if self.positive_columns is not None:
+            _, cols = positive_index(labels, k, with_background)
+            return self.positive_columns[cols]
+        return self.positive
 
     def dense(self, n: int, k: int, labels: torch.Tensor, with_background: bool, dtype):
-        """One ``[N, K]`` float tensor (for the recorder and Sigmoid BCE), or None if all 1."""
-        if self.entries is None and self.positive is None:
+        """One ``[N, K]`` float tensor, or None if all 1."""
+        positive = self.positive_rows(labels, k, with_background)
+        if self.entries is None and positive is None:
             return None
         w = torch.ones((n, k), dtype=dtype, device=labels.device)
         if self.entries is not None:
             w = w * self.entries.to(dtype)
-        if self.positive is not None:
+        if positive is not None:
             rows, cols = positive_index(labels, k, with_background)
-            w[rows, cols] = self.positive.to(dtype)
+            w[rows, cols] = positive.to(dtype)
         return w
 
 
@@ -129,12 +138,22 @@ class SigmoidElementwise(ElementwiseBCE):
         q = _compute(logits)
         n, k = q.shape
         target = one_hot_targets(labels, k, with_background).to(q.dtype)
-        w = weights.entries
-        if weights.positive is not None:
+        w, pos_weight = weights.entries, None
+        per_column = weights.positive_columns is not None and (
+            w is not None and w.shape[0] == 1 and w.dtype != torch.bool and bool((w > 0).all())
+        )
+        if per_column:
+            # Per-column weights on both terms: BCE's pos_weight multiplies the positive term,
+            # so pos_weight = r / w gives the positives their own weight r without a dense copy.
+            w = w.to(q.dtype)
+            pos_weight = weights.positive_columns.to(q.dtype) / w[0]
+        elif weights.positive is not None or weights.positive_columns is not None:
             w = weights.dense(n, k, labels, with_background, q.dtype)
         elif w is not None:
             w = w.to(q.dtype)
-        total = F.binary_cross_entropy_with_logits(q, target, weight=w, reduction="sum")
+        total = F.binary_cross_entropy_with_logits(
+            q, target, weight=w, pos_weight=pos_weight, reduction="sum"
+        )
         return total / max(n, 1)
 
     def probabilities(self, logits):
@@ -186,7 +205,7 @@ class GumbelElementwise(ElementwiseBCE):
             low=self.low,
             high=self.high,
             weight=weights.entries,
-            positive_weight=weights.positive,
+            positive_weight=weights.positive_rows(labels, logits.shape[1], with_background),
             with_background=with_background,
             clamp_loss=self.clamp_loss,
         )

@@ -86,8 +86,7 @@ class EQLv2(WeightedBCE):
 
     def entry_weights(self, logits: torch.Tensor, labels: torch.Tensor) -> EntryWeights:
         neg, pos = self.class_weights()
-        _, cols = positive_index(labels, logits.shape[1], True)
-        return EntryWeights(neg[None, :].float(), pos[cols].float())
+        return EntryWeights(neg[None, :].float(), positive_columns=pos.float())
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         loss = super().forward(logits, labels)
