@@ -237,3 +237,25 @@ def test_two_process_gloo_inference_equals_one_process(run_dir, tmp_path):
     # merged in dataset order: the very file one process writes
     assert (one / "results.json").read_bytes() == (two / "results.json").read_bytes()
     assert sorted(p.name for p in two.iterdir()) == ["metrics.json", "results.json"]
+
+
+@pytest.mark.slow
+def test_two_process_training_evaluates_the_model_it_saves(data_dir, tmp_path):
+    """After DDP training each rank's BatchNorm statistics differ; the end-of-training
+    evaluation (both ranks predicting) must be that of the saved model, as one process sees it."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    run, again = tmp_path / "run", tmp_path / "again"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node"]
+    train = [*torchrun, "2", "-m", "gumbel_analysis", "train", "--data", str(data_dir)]
+    train += ["--out", str(run), "--max-iters", "1", "--batch-size", "2", "--loss", "sigmoid"]
+    train += ["--workers", "1", "--device", "cpu", "--no-progress", "--no-grad-log"]
+    done = subprocess.run(train, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    again.mkdir()
+    command = [sys.executable, *_eval_command(run, again), "--no-progress", "--workers", "0"]
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads((run / "metrics.json").read_text()) == json.loads(
+        (again / "metrics.json").read_text()
+    )
+    assert (run / "results.json").read_bytes() == (again / "results.json").read_bytes()
