@@ -45,8 +45,21 @@ def evaluate(
         ),
     ] = "fast",
     max_dets: Annotated[
-        int, typer.Option("--max-dets", help="Detections kept per image (LVIS: 300).")
-    ] = 300,
+        int | None,
+        typer.Option(
+            "--max-dets",
+            help="Detections kept per image, by the evaluator and, for a run, by the model "
+            "(LVIS: 300). Default: 300; for a run, its configuration's.",
+        ),
+    ] = None,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--score-threshold",
+            help="Runs: the model keeps detections scoring above this (LVIS: 1e-4). Default: "
+            "the run's configuration.",
+        ),
+    ] = None,
     data: Annotated[
         Path | None,
         typer.Option(help="Runs: LVIS-format folder to evaluate on; default: the run's own data."),
@@ -61,7 +74,13 @@ def evaluate(
         ),
     ] = None,
     device: Annotated[str, typer.Option(help="Runs: cpu, cuda or auto.")] = "auto",
-    batch_size: Annotated[int | None, typer.Option(help="Runs: images per batch.")] = None,
+    batch_size: Annotated[
+        int | None, typer.Option(help="Runs: images per batch (per process).")
+    ] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Runs: data loader workers (per process). Default: the run's."),
+    ] = None,
     progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -74,7 +93,9 @@ def evaluate(
 
     A run folder or checkpoint is first run over its val set (or --data's): results.json and
     metrics.json are written beside the checkpoint; with other --data their names carry the data
-    folder's name (results.<data>.json), so the run's own files are never replaced.
+    folder's name (results.<data>.json), so the run's own files are never replaced. Under
+    torchrun (torchrun --nproc-per-node N -m gumbel_analysis eval RUN) each process predicts its
+    share of the images and the first merges the results and evaluates them.
     """
     iou_types = tuple(iou_type or ("segm", "bbox"))
     unknown = [t for t in iou_types if t not in ("segm", "bbox")]
@@ -82,13 +103,23 @@ def evaluate(
         raise InputError(f"--iou-type must be segm or bbox, got {unknown[0]!r}")
     if evaluator not in ("fast", "lvis"):
         raise InputError(f"--evaluator must be fast or lvis, got {evaluator!r}")
-    if max_dets < 1:
+    if max_dets is not None and max_dets < 1:
         raise InputError(f"--max-dets must be a positive integer, got {max_dets}")
+    if score_threshold is not None and not 0.0 <= score_threshold < 1.0:  # NaN fails too
+        raise InputError(f"--score-threshold must be in [0, 1), got {score_threshold}")
+    if workers is not None and workers < 0:
+        raise InputError(f"--workers must be 0 or more, got {workers}")
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     if out is not None:
         from gumbel_analysis.io import check_writable_folder
 
         check_writable_folder(out, "--out folder")
     if source.is_file() and source.suffix.lower() in _RESULTS_SUFFIXES:
+        for name, value in (("--score-threshold", score_threshold), ("--workers", workers)):
+            if value is not None:
+                raise InputError(f"{name} is for a run; a results file is evaluated as it is")
+        max_dets = 300 if max_dets is None else max_dets
         _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as_json)
         return
     if gt is not None:
@@ -104,12 +135,16 @@ def evaluate(
         data=str(data) if data is not None else None,
         device=device,
         batch_size=batch_size,
+        workers=workers,
+        score_threshold=score_threshold,
+        max_dets=max_dets,
         progress=progress and not as_json,
         out=out,
         iou_types=iou_types,
         evaluator=evaluator,
-        max_dets=max_dets,
     )
+    if metrics is None:  # a torchrun process other than the first: it predicted its share
+        return
     if as_json:
         print_json(metrics)
         return

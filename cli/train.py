@@ -84,6 +84,21 @@ def train(
     evaluate: Annotated[
         bool | None, typer.Option("--eval/--no-eval", help="Evaluate at the end.")
     ] = None,
+    score_threshold: Annotated[
+        float | None,
+        typer.Option(
+            "--score-threshold",
+            help="Evaluation: the model keeps detections scoring above this (LVIS: 1e-4).",
+        ),
+    ] = None,
+    max_dets: Annotated[
+        int | None,
+        typer.Option(
+            "--max-dets",
+            help="Evaluation: detections kept per image, by the model and the evaluator "
+            "(LVIS: 300).",
+        ),
+    ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
     progress: Annotated[
         bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
@@ -117,6 +132,8 @@ def train(
         "grad_log": grad_log,
         "grad_every": grad_every,
         "evaluate": evaluate,
+        "score_threshold": score_threshold,
+        "max_dets": max_dets,
         "seed": seed,
     }
     for key, value in given.items():

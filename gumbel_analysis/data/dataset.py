@@ -105,6 +105,10 @@ class LVISDetection(torch.utils.data.Dataset):
             image, target = _hflip(image, target)
         return image, target
 
+    def image(self, i: int) -> tuple[torch.Tensor, int]:
+        """Image ``i`` and its id, without its targets: prediction decodes no ground truth."""
+        return self._read_image(i), self.image_ids[i]
+
     def _read_image(self, i: int) -> torch.Tensor:
         try:
             with Image.open(self.paths[i]) as im:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,9 +29,26 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup_iters": 100,
         "base_lr": 0.02,
         "workers": 1,
+        "score_threshold": 1e-4,
+        "max_dets": 300,
     },
-    "r50-fpn": {"batch_size": 2, "warmup_iters": 500, "base_lr": 0.02, "workers": 4},
-    "r101-fpn": {"batch_size": 2, "warmup_iters": 500, "base_lr": 0.02, "workers": 4},
+    # Test time as LVIS evaluates (detectron2's LVIS configs): score > 1e-4, 300 per image.
+    "r50-fpn": {
+        "batch_size": 2,
+        "warmup_iters": 500,
+        "base_lr": 0.02,
+        "workers": 4,
+        "score_threshold": 1e-4,
+        "max_dets": 300,
+    },
+    "r101-fpn": {
+        "batch_size": 2,
+        "warmup_iters": 500,
+        "base_lr": 0.02,
+        "workers": 4,
+        "score_threshold": 1e-4,
+        "max_dets": 300,
+    },
 }
 
 
@@ -73,6 +91,10 @@ class TrainConfig:
     grad_log: bool = True
     grad_every: int = 50
     evaluate: bool = True
+    # Prediction: detections scoring above score_threshold, at most max_dets per image (the
+    # evaluator keeps as many). None: the preset's.
+    score_threshold: float | None = None
+    max_dets: int | None = None
     # Filled by resolve().
     world_size: int = 1
     lr: float | None = None
@@ -134,6 +156,27 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
         raise InputError(f"configuration file {path} cannot be parsed: {err}") from None
 
 
+def check_prediction_options(
+    score_threshold: float | None, max_dets: int | None, workers: int | None
+) -> None:
+    """Raise :class:`InputError` naming the option if a prediction setting is out of range."""
+    if score_threshold is not None and not (
+        isinstance(score_threshold, int | float)
+        and not isinstance(score_threshold, bool)
+        and math.isfinite(score_threshold)
+        and 0.0 <= score_threshold < 1.0
+    ):
+        raise InputError(f"--score-threshold must be in [0, 1), got {score_threshold!r}")
+    if max_dets is not None and (
+        isinstance(max_dets, bool) or not isinstance(max_dets, int) or max_dets < 1
+    ):
+        raise InputError(f"--max-dets must be a positive integer, got {max_dets!r}")
+    if workers is not None and (
+        isinstance(workers, bool) or not isinstance(workers, int) or workers < 0
+    ):
+        raise InputError(f"--workers must be 0 or more, got {workers!r}")
+
+
 def resolve(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
     """Fill the preset's and the schedule's defaults and scale the learning rate."""
     if cfg.preset not in PRESET_DEFAULTS:
@@ -148,9 +191,10 @@ def resolve(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
         out.lr_steps = out.lr_steps or steps
     out.epochs = out.epochs or d.get("epochs", SCHEDULES["1x"][0])
     out.lr_steps = tuple(out.lr_steps or d.get("lr_steps", SCHEDULES["1x"][1]))
-    for name in ("batch_size", "warmup_iters", "base_lr", "workers"):
+    for name in ("batch_size", "warmup_iters", "base_lr", "workers", "score_threshold", "max_dets"):
         if getattr(out, name) is None:
             setattr(out, name, d[name])
+    check_prediction_options(out.score_threshold, out.max_dets, out.workers)
     if out.epochs < 1 or out.batch_size < 1:
         raise InputError("epochs and batch size must be at least 1")
     if out.sampler not in ("random", "rfs"):

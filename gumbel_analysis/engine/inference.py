@@ -1,91 +1,324 @@
-"""Run a detector over a dataset and evaluate its detections (lvis-api's numbers)."""
+"""Run a detector over a dataset and evaluate its detections (lvis-api's numbers).
+
+Inference at scale: the images are cut into batches of ``batch_size`` in dataset order, and
+rank ``r`` of ``W`` predicts batches ``r, r + W, ...`` through a DataLoader with workers that
+reads the images alone (no target, no mask decoding). Each rank writes its part of the results,
+one JSON line per image (that image's entries), atomically; rank 0 then streams the parts into
+one results file in dataset order, removes the parts and evaluates the file. The batches are the
+ones a single process forms, so the results file is the one a single process writes, byte for
+byte (up to the kernels' own determinism), and so are the metrics. No rank ever holds another
+rank's detections, nor rank 0 the whole results list: the evaluator reads the file in pieces.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from rich.progress import Progress
+from torch.utils.data import DataLoader, Dataset
 
 from gumbel_analysis.data import lvis_io
 from gumbel_analysis.data.dataset import LVISDetection
 from gumbel_analysis.engine import checkpoint as ckpt
-from gumbel_analysis.engine.config import TrainConfig
-from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results, write_results
+from gumbel_analysis.engine.config import PRESET_DEFAULTS, TrainConfig, check_prediction_options
+from gumbel_analysis.engine.distributed import DistInfo, cleanup, init_distributed
+from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results
 from gumbel_analysis.engine.setup import RunPaths, data_paths, make_loss, pick_device
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.io import check_writable_folder, write_text_atomic
+from gumbel_analysis.io import atomic_path, check_writable_folder, write_text_atomic
 from gumbel_analysis.model import build_model
+
+#: LVIS's test-time settings (detectron2's LVIS configs), the defaults where a config has none.
+DEFAULT_SCORE_THRESHOLD = 1e-4
+DEFAULT_MAX_DETS = 300
+
+
+class _Images(Dataset):
+    """The images of an :class:`LVISDetection` and their ids, without targets."""
+
+    def __init__(self, dataset: LVISDetection) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> tuple[torch.Tensor, int]:
+        return self.dataset.image(i)
+
+
+def _collate_images(batch: list[tuple[torch.Tensor, int]]) -> tuple[list, list[int]]:
+    return [image for image, _ in batch], [image_id for _, image_id in batch]
+
+
+def shard_batches(
+    num_images: int, batch_size: int, world_size: int = 1, rank: int = 0
+) -> list[list[int]]:
+    """Rank ``rank``'s batches: dataset order cut into ``batch_size`` images (the last may be
+    shorter), every ``world_size``-th from batch ``rank`` on. Every image once, in no padding."""
+    batches = [
+        list(range(start, min(start + batch_size, num_images)))
+        for start in range(0, num_images, batch_size)
+    ]
+    return batches[rank::world_size]
+
+
+@contextlib.contextmanager
+def prediction_limits(
+    model: torch.nn.Module, score_threshold: float, max_dets: int
+) -> Iterator[None]:
+    """The model's RoI heads keep scores ``> score_threshold``, at most ``max_dets`` per image."""
+    heads = model.roi_heads
+    saved = heads.score_thresh, heads.detections_per_img
+    heads.score_thresh, heads.detections_per_img = float(score_threshold), int(max_dets)
+    try:
+        yield
+    finally:
+        heads.score_thresh, heads.detections_per_img = saved
 
 
 @torch.inference_mode()
+def predict_batches(
+    model: torch.nn.Module,
+    dataset: LVISDetection,
+    device: torch.device,
+    batches: Sequence[Sequence[int]],
+    *,
+    workers: int = 0,
+    progress: bool = True,
+) -> Iterator[list[list[dict]]]:
+    """For each batch, the LVIS result entries of each of its images (a list per image)."""
+    model.eval()
+    loader = DataLoader(
+        _Images(dataset),
+        batch_sampler=[list(b) for b in batches],
+        num_workers=workers,
+        collate_fn=_collate_images,
+        pin_memory=device.type == "cuda",
+    )
+    with Progress(disable=not progress, transient=True) as bar:
+        task = bar.add_task("predict", total=sum(len(b) for b in batches))
+        for images, image_ids in loader:
+            outputs = model([img.to(device, non_blocking=True) for img in images])
+            outputs = [{k: v.cpu() for k, v in out.items()} for out in outputs]
+            yield [
+                detections_to_results([out], [image_id], dataset.category_ids)
+                for out, image_id in zip(outputs, image_ids, strict=True)
+            ]
+            bar.advance(task, len(images))
+
+
 def predict(
     model: torch.nn.Module,
-    dataset,
+    dataset: LVISDetection,
     device: torch.device,
     batch_size: int = 4,
     indices: Sequence[int] | None = None,
     progress: bool = True,
+    *,
+    workers: int = 0,
 ) -> list[dict]:
-    """LVIS results (bbox and segm) of ``model`` on ``dataset`` (an LVISDetection)."""
-    model.eval()
+    """LVIS results (bbox and segm) of ``model`` on ``dataset`` (an LVISDetection), in memory.
+
+    ``indices``: the images (dataset indices) to predict, in batches of ``batch_size``."""
     indices = list(range(len(dataset))) if indices is None else list(indices)
+    batches = [indices[i : i + batch_size] for i in range(0, len(indices), batch_size)]
     results: list[dict] = []
-    with Progress(disable=not progress, transient=True) as bar:
-        task = bar.add_task("evaluate", total=len(indices))
-        for start in range(0, len(indices), batch_size):
-            batch = [dataset[i] for i in indices[start : start + batch_size]]
-            images = [img.to(device) for img, _ in batch]
-            outputs = model(images)
-            outputs = [{k: v.cpu() for k, v in out.items()} for out in outputs]
-            image_ids = [int(target["image_id"]) for _, target in batch]
-            results += detections_to_results(outputs, image_ids, dataset.category_ids)
-            bar.advance(task, len(batch))
+    for per_image in predict_batches(
+        model, dataset, device, batches, workers=workers, progress=progress
+    ):
+        for entries in per_image:
+            results += entries
     return results
 
 
-def evaluate_model(
+def part_path(results: Path, rank: int) -> Path:
+    """Rank ``rank``'s part of ``results``: ``results.rankK.part.jsonl`` beside it."""
+    return results.with_name(f"{results.stem}.rank{rank}.part.jsonl")
+
+
+def write_part(path: Path, per_batch: Iterator[list[list[dict]]]) -> int:
+    """One line per image, the JSON list of its entries (as :func:`write_results` writes them);
+    atomically. Returns the number of detections."""
+    count = 0
+    with atomic_path(path) as tmp, tmp.open("w") as f:
+        for per_image in per_batch:
+            for entries in per_image:
+                f.write(json.dumps(entries, separators=(",", ":")))
+                f.write("\n")
+                count += len(entries)
+    return count
+
+
+def merge_parts(
+    results: Path, num_images: int, batch_size: int, world_size: int, remove: bool = True
+) -> None:
+    """Stream the ranks' parts (see :func:`shard_batches`) into the results JSON list, in
+    dataset order, atomically; the same bytes as :func:`write_results` of all the entries.
+    The parts are removed afterwards (also when the merge fails)."""
+    parts = [part_path(results, r) for r in range(world_size)]
+    try:
+        files = [p.open() for p in parts]
+        try:
+            with atomic_path(results) as tmp, tmp.open("w") as out:
+                out.write("[")
+                first = True
+                for b, batch in enumerate(shard_batches(num_images, batch_size)):
+                    part = files[b % world_size]
+                    for _ in batch:
+                        line = part.readline().rstrip("\n")
+                        if not (line.startswith("[") and line.endswith("]")):
+                            raise InputError(f"{parts[b % world_size]} is incomplete")
+                        inner = line[1:-1]
+                        if inner:
+                            out.write(inner if first else "," + inner)
+                            first = False
+                out.write("]")
+                for path, part in zip(parts, files, strict=True):
+                    if part.readline():
+                        raise InputError(f"{path} has more images than its share")
+        finally:
+            for part in files:
+                part.close()
+    finally:
+        if remove:
+            for path in parts:
+                path.unlink(missing_ok=True)
+
+
+def _agree(ok: bool, dist: DistInfo) -> bool:
+    """True when every rank is ok (each rank tells the others; no rank waits forever)."""
+    if not dist.enabled:
+        return ok
+    import torch.distributed as tdist
+
+    flag = torch.tensor([0 if ok else 1], dtype=torch.int64)
+    if tdist.get_backend() == "nccl":
+        flag = flag.cuda()
+    tdist.all_reduce(flag)
+    return int(flag.item()) == 0
+
+
+def _same_model_everywhere(model: torch.nn.Module, dist: DistInfo) -> None:
+    """Rank 0's parameters and buffers on every rank: after DDP training each rank's BatchNorm
+    statistics saw its own last batch, and every rank must predict with the model rank 0 saves."""
+    if not dist.enabled:
+        return
+    import torch.distributed as tdist
+
+    with torch.no_grad():
+        for tensor in [*model.parameters(), *model.buffers()]:
+            tdist.broadcast(tensor.data, src=0)
+
+
+def predict_and_evaluate(
     model: torch.nn.Module,
-    dataset,
+    dataset: LVISDetection,
     device: torch.device,
-    batch_size: int = 4,
+    results: Path,
+    *,
+    batch_size: int,
+    workers: int = 0,
+    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
+    max_dets: int = DEFAULT_MAX_DETS,
+    dist: DistInfo | None = None,
     progress: bool = True,
     **evaluate_options: Any,
-) -> tuple[dict, list[dict]]:
-    """Metrics (AP, APr, APc, APf, APb, ...) and the results they were computed from.
+) -> dict[str, Any] | None:
+    """Predict ``dataset`` (this rank's share), write ``results`` (rank 0 merges the parts) and
+    evaluate it; the metrics on rank 0, None on the others.
 
-    ``evaluate_options`` go to :func:`evaluate_results` (``iou_types``, ``evaluator``,
-    ``max_dets``)."""
-    results = predict(model, dataset, device, batch_size, progress=progress)
-    metrics = evaluate_results(Path(dataset.ann_file), results, **evaluate_options)
-    return metrics, results
+    ``evaluate_options`` go to :func:`evaluate_results` (``iou_types``, ``evaluator``); it keeps
+    ``max_dets`` per image, as the model does."""
+    dist = dist or DistInfo()
+    check_prediction_options(score_threshold, max_dets, workers)
+    if batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    results = Path(results)
+    _same_model_everywhere(model, dist)
+    batches = shard_batches(len(dataset), batch_size, dist.world_size, dist.rank)
+    part = part_path(results, dist.rank)
+    error: BaseException | None = None
+    try:
+        with prediction_limits(model, score_threshold, max_dets):
+            write_part(
+                part,
+                predict_batches(
+                    model, dataset, device, batches, workers=workers, progress=progress
+                ),
+            )
+    except Exception as err:  # told to the other ranks before it is raised
+        error = err
+    if not _agree(error is None, dist):
+        part.unlink(missing_ok=True)
+        if error is not None:
+            raise error
+        raise InputError("prediction failed in another process (see its message)")
+    if not dist.is_main:
+        return None
+    merge_parts(results, len(dataset), batch_size, dist.world_size)
+    return evaluate_results(Path(dataset.ann_file), results, max_dets=max_dets, **evaluate_options)
 
 
 def evaluate_run(
     model: torch.nn.Module,
-    val_set,
+    val_set: LVISDetection,
     device: torch.device,
     run: RunPaths,
     cfg: TrainConfig,
     progress: bool = True,
     outputs: OutputPaths | None = None,
+    dist: DistInfo | None = None,
     **evaluate_options: Any,
-) -> dict[str, Any]:
-    """Evaluate on the val set and write the results and metrics atomically (``outputs``;
-    default the run's ``results.json`` and ``metrics.json``)."""
+) -> dict[str, Any] | None:
+    """Evaluate on the val set with the config's batch size, workers, score threshold and
+    detections per image (the preset's where the config has none); write the results and
+    metrics atomically (``outputs``; default the run's ``results.json`` and ``metrics.json``).
+    Every rank of ``dist`` predicts its share; rank 0 gets the metrics, the others None."""
+    dist = dist or DistInfo()
     outputs = outputs or OutputPaths(run.results, run.metrics)
-    metrics, results = evaluate_model(
-        model, val_set, device, cfg.batch_size, progress, **evaluate_options
+    settings = prediction_settings(cfg)
+    metrics = predict_and_evaluate(
+        model,
+        val_set,
+        device,
+        outputs.results,
+        batch_size=cfg.batch_size or 1,
+        dist=dist,
+        progress=progress and dist.is_main,
+        **settings,
+        **evaluate_options,
     )
-    write_results(outputs.results, results)
-    metrics = {"loss": cfg.loss, "preset": cfg.preset, "data": cfg.data, **metrics}
+    if metrics is None:
+        return None
+    metrics = {
+        "loss": cfg.loss,
+        "preset": cfg.preset,
+        "data": cfg.data,
+        "score_threshold": settings["score_threshold"],
+        "max_dets": settings["max_dets"],
+        **metrics,
+    }
     write_text_atomic(outputs.metrics, json.dumps(metrics, indent=2) + "\n")
     return metrics
+
+
+def prediction_settings(cfg: TrainConfig) -> dict[str, Any]:
+    """``workers``, ``score_threshold`` and ``max_dets`` of ``cfg``; the preset's (else LVIS's)
+    where it has none (a run made before they were recorded)."""
+    preset = PRESET_DEFAULTS.get(cfg.preset, {})
+    pick = lambda value, name, default: preset.get(name, default) if value is None else value  # noqa: E731
+    return {
+        "workers": pick(cfg.workers, "workers", 0),
+        "score_threshold": pick(cfg.score_threshold, "score_threshold", DEFAULT_SCORE_THRESHOLD),
+        "max_dets": pick(cfg.max_dets, "max_dets", DEFAULT_MAX_DETS),
+    }
 
 
 @dataclass(frozen=True)
@@ -114,13 +347,23 @@ def evaluate_checkpoint(
     data: str | None = None,
     device: str = "auto",
     batch_size: int | None = None,
+    workers: int | None = None,
+    score_threshold: float | None = None,
+    max_dets: int | None = None,
     progress: bool = True,
     out: str | Path | None = None,
     **evaluate_options: Any,
-) -> tuple[dict[str, Any], OutputPaths]:
+) -> tuple[dict[str, Any] | None, OutputPaths]:
     """``gumbel eval``: a run folder (its ``model_final.pt``, else ``last.pt``) or a checkpoint
     file, evaluated on its data's val set (or ``data``); writes results and metrics beside it
-    (see :func:`output_paths`), after checking, before inference, that it can."""
+    (see :func:`output_paths`), after checking, before inference, that it can.
+
+    ``batch_size``, ``workers``, ``score_threshold`` and ``max_dets`` default to the run's
+    configuration. Under torchrun every process predicts its share of the images (see the module
+    docstring); the metrics come back on rank 0, None on the others."""
+    check_prediction_options(score_threshold, max_dets, workers)
+    if batch_size is not None and batch_size < 1:
+        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     source = Path(source)
     if source.is_dir():
         run = RunPaths(source)
@@ -137,21 +380,46 @@ def evaluate_checkpoint(
     check_writable_folder(outputs.results.parent)
     if data is not None:
         cfg.data = data
-    if batch_size is not None:
-        cfg.batch_size = batch_size
-    paths = data_paths(cfg.data)
-    # The loss needs only the training classes' frequencies: no training images are touched.
-    train_data = lvis_io.load_lvis_json(paths.train_ann)
-    val_set = LVISDetection(paths.val_ann, paths.image_root, train=False)
-    loss = make_loss(cfg, lvis_io.class_frequency(train_data), lvis_io.frequency_groups(train_data))
-    model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise InputError(
-            f"{path} does not fit the model of its configuration (different classes or preset?)"
-        ) from None
+    for name, value in (
+        ("batch_size", batch_size),
+        ("workers", workers),
+        ("score_threshold", score_threshold),
+        ("max_dets", max_dets),
+    ):
+        if value is not None:
+            setattr(cfg, name, value)
     dev = pick_device(device)
-    model.to(dev)
-    metrics = evaluate_run(model, val_set, dev, run, cfg, progress, outputs, **evaluate_options)
+    dist = init_distributed(dev.type)
+    try:
+        if dev.type == "cuda":
+            dev = torch.device("cuda", dist.local_rank)
+        # rank 0 first: it makes the synthetic data (once) before the others look for it
+        failure = None
+        if dist.is_main:
+            try:
+                data_paths(cfg.data)
+            except InputError as err:
+                failure = err
+        if not _agree(failure is None, dist):
+            raise failure or InputError(f"data folder not found: {cfg.data}")
+        paths = data_paths(cfg.data)
+        # The loss needs only the training classes' frequencies: no training images are touched.
+        train_data = lvis_io.load_lvis_json(paths.train_ann)
+        val_set = LVISDetection(paths.val_ann, paths.image_root, train=False)
+        loss = make_loss(
+            cfg, lvis_io.class_frequency(train_data), lvis_io.frequency_groups(train_data)
+        )
+        model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh)
+        try:
+            model.load_state_dict(state["model"])
+        except RuntimeError:
+            raise InputError(
+                f"{path} does not fit the model of its configuration (different classes or preset?)"
+            ) from None
+        model.to(dev)
+        metrics = evaluate_run(
+            model, val_set, dev, run, cfg, progress, outputs, dist, **evaluate_options
+        )
+    finally:
+        cleanup(dist)
     return metrics, outputs

@@ -307,12 +307,12 @@ def train(
             write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
         trainer.train()
         barrier(dist)
-        if not dist.is_main:
-            return None
-        ckpt.save_checkpoint(run.final, {"model": model.state_dict(), "config": cfg.to_dict()})
+        if dist.is_main:
+            ckpt.save_checkpoint(run.final, {"model": model.state_dict(), "config": cfg.to_dict()})
         if not cfg.evaluate:
             return None
-        return evaluate_run(model, val_set, device, run, cfg, progress)
+        # every rank predicts its share of the val images; rank 0 merges and evaluates
+        return evaluate_run(model, val_set, device, run, cfg, progress, dist=dist)
     finally:
         cleanup(dist)
 
