@@ -85,7 +85,14 @@ class LVISDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
+        """Image ``i`` and its target; ``key`` is ``i`` or ``(i, seed)``.
+
+        With a seed the random flip is drawn from a generator seeded with it (the training loop
+        gives every sample of an epoch its own seed, so the flips do not depend on the worker
+        that loads it); with ``i`` alone from torch's global RNG.
+        """
+        i, seed = (key, None) if not isinstance(key, tuple) else key
         image = self._read_image(i)
         height, width = image.shape[1:]
         anns = self._targets[i]
@@ -101,7 +108,8 @@ class LVISDetection(torch.utils.data.Dataset):
             "area": torch.tensor([a[3] for a in anns], dtype=torch.float32),
             "iscrowd": torch.tensor([a[4] for a in anns], dtype=torch.int64),
         }
-        if self.hflip_prob > 0 and torch.rand(()).item() < self.hflip_prob:
+        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+        if self.hflip_prob > 0 and torch.rand((), generator=gen).item() < self.hflip_prob:
             image, target = _hflip(image, target)
         return image, target
 

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 import os
 import random
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +25,29 @@ DIVERGED = "diverged.pt"
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
     """``torch.save`` to a temporary file beside ``path``, then rename: never a partial file."""
     path = Path(path)
-    with atomic_path(path) as tmp:
-        torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    try:
+        with atomic_path(path) as tmp:
+            torch.save({"format": FORMAT, "version": VERSION, **state}, tmp)
+    except (OSError, RuntimeError) as err:
+        # torch.save reports a full disk as a RuntimeError naming its own archive member; say
+        # what failed, for which path (the user's, not the temporary file).
+        code = getattr(err, "errno", None) or (errno.ENOSPC if _disk_full(path) else errno.EIO)
+        cause = os.strerror(code) if code else str(err)
+        raise OSError(code, f"cannot write checkpoint ({cause})", str(path)) from None
     return path
+
+
+def _disk_full(path: Path) -> bool:
+    try:
+        return shutil.disk_usage(path.parent).free < 64 * 2**20
+    except OSError:
+        return False
 
 
 def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"checkpoint {path} is a folder, not a file")
     if not path.is_file():
         raise InputError(f"checkpoint not found: {path}")
     try:
