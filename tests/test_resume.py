@@ -172,7 +172,7 @@ def test_a_full_disk_while_checkpointing_names_the_path(tmp_path, monkeypatch):
         raise RuntimeError("PytorchStreamWriter failed writing file data/0: file write failed")
 
     monkeypatch.setattr(torch, "save", full)
-    with pytest.raises(OSError, match="last.pt") as info:
+    with pytest.raises(OSError, match=r"last\.pt") as info:
         ckpt.save_checkpoint(tmp_path / "last.pt", {"x": 1})
     assert info.value.filename == str(tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []

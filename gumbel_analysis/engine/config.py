@@ -7,6 +7,7 @@ resolved config is what ``config.json`` records, so a run can be repeated from i
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import math
 import tomllib
@@ -223,7 +224,7 @@ class _Rule:
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in value
             ):
                 raise self.fail(name, value)
-            if any(b <= a for a, b in zip(value, value[1:], strict=False)):
+            if any(b <= a for a, b in itertools.pairwise(value)):
                 raise self.fail(name, value)
             return tuple(value)
         given = value
@@ -240,9 +241,7 @@ class _Rule:
                 raise self.fail(name, given)
         if self.low is not None and (value <= self.low if self.low_open else value < self.low):
             raise self.fail(name, given)
-        if self.high is not None and (
-            value >= self.high if self.high_open else value > self.high
-        ):
+        if self.high is not None and (value >= self.high if self.high_open else value > self.high):
             raise self.fail(name, given)
         return value
 
@@ -295,8 +294,7 @@ _RULES: dict[str, _Rule] = {
 def _check_conflicts(cfg: TrainConfig) -> None:
     device = cfg.device
     if not (
-        device in ("auto", "cpu", "cuda")
-        or (device.startswith("cuda:") and device[5:].isdigit())
+        device in ("auto", "cpu", "cuda") or (device.startswith("cuda:") and device[5:].isdigit())
     ):
         raise InputError(f"--device must be cpu, cuda, cuda:N or auto, got {device!r}")
     if cfg.schedule is not None:

@@ -57,7 +57,6 @@ from gumbel_analysis.io import write_text_atomic
 from gumbel_analysis.losses import ClassificationLoss
 from gumbel_analysis.model import build_model
 
-
 #: Options that ``--resume`` applies when they differ from the saved run (``train --help``):
 #: they change neither the model nor the order of the data (``device`` may change the last bits
 #: of the floating-point results). Any other difference is refused.
@@ -355,7 +354,9 @@ def resume_config(
         try:
             values = json.loads(run.config.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(f"{run.config} is corrupt; start a new run with another --out") from None
+            raise InputError(
+                f"{run.config} is corrupt; start a new run with another --out"
+            ) from None
         source = str(run.config)
     else:
         raise InputError(
