@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from gumbel_analysis.cli.common import JsonOption, console, print_json, reports_input_errors
+from gumbel_analysis.errors import InputError
 
 
 @reports_input_errors
@@ -26,6 +27,8 @@ def evaluate(
     Writes results.json (bbox and segm, the LVIS results format every LVIS tool reads) and
     metrics.json (AP, AP50, AP75, APs, APm, APl, APr, APc, APf, APb) beside the checkpoint.
     """
+    if batch_size is not None and batch_size < 1:  # before anything is read or replaced
+        raise InputError(f"--batch-size must be an integer >= 1, got {batch_size}")
     from gumbel_analysis.engine.evaluate import metrics_table
     from gumbel_analysis.engine.inference import evaluate_checkpoint
 

@@ -86,13 +86,26 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Epochs (the tiny preset: 12).")] = None,
     schedule: Annotated[Schedule | None, typer.Option(help="1x (12 epochs) or 2x (24).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per process.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate for a total batch of 16.")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Base learning rate for a total batch of 16; the run uses it scaled linearly "
+            "(lr x batch x processes / 16), printed at the start and recorded as lr in "
+            "config.json."
+        ),
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Local backbone or model weights.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Run folder. Default: runs/PRESET-LOSS-TIME.")
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
+        bool,
+        typer.Option(
+            help="Continue the run in --out from its last checkpoint (from iteration 0 with its "
+            "saved config if it has none). Options given with --resume may change only "
+            "--device, --workers, --max-iters, --checkpoint-every and --eval; any other that "
+            "differs from the saved config is refused."
+        ),
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
     workers: Annotated[int | None, typer.Option(help="Data loader workers.")] = None,
@@ -121,6 +134,8 @@ def train(
     results.json (LVIS format) and metrics.json. Options given here override --config.
     Multi-GPU: torchrun --nproc-per-node N -m gumbel_analysis train ...
     """
+    if resume and out is None:
+        fail("--resume needs --out RUN_DIR")
     values: dict[str, Any] = load_config_file(config) if config is not None else {}
     given = {
         "data": data,
@@ -150,16 +165,18 @@ def train(
     for key, value in given.items():
         if value is not None:
             values[key] = str(value) if isinstance(value, Path | StrEnum) else value
-    cfg = TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict(values, source=str(config) if config is not None else None)
     if out is None and "out" not in values:
         cfg.out = f"runs/{cfg.preset}-{cfg.loss}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out is None and resume:
-        fail("--resume needs --out RUN_DIR")
     from gumbel_analysis.engine.evaluate import metrics_table
     from gumbel_analysis.engine.train import train as run_training
 
     metrics = run_training(
-        cfg, resume=resume, progress=progress and not as_json, console=err_console
+        cfg,
+        resume=resume,
+        given=values if resume else None,
+        progress=progress and not as_json,
+        console=err_console,
     )
     if metrics is None:
         return

@@ -36,6 +36,12 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
 }
 
 
+#: Options that ``train --resume`` applies when they differ from the saved run: they change
+#: neither the model nor the order of the data (another ``device`` may change the last bits of
+#: the floating-point results). Any other difference is refused.
+SAFE_ON_RESUME = ("device", "workers", "max_iters", "checkpoint_every", "log_every", "evaluate")
+
+
 @dataclass
 class TrainConfig:
     # Data: an LVIS-format folder (annotations/lvis_v1_{train,val}.json, images), or None for the

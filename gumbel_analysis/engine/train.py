@@ -27,7 +27,7 @@ from gumbel_analysis.data.dataset import LVISDetection, collate
 from gumbel_analysis.data.sampling import build_train_sampler
 from gumbel_analysis.data.synthetic import SyntheticSpec
 from gumbel_analysis.engine import checkpoint as ckpt
-from gumbel_analysis.engine.config import TrainConfig, option_name, resolve
+from gumbel_analysis.engine.config import SAFE_ON_RESUME, TrainConfig, option_name, resolve
 from gumbel_analysis.engine.distributed import (
     DistInfo,
     all_reduce_sum,
@@ -56,11 +56,6 @@ from gumbel_analysis.hooks.grad_log import CATEGORY_FIELDS
 from gumbel_analysis.io import write_text_atomic
 from gumbel_analysis.losses import ClassificationLoss
 from gumbel_analysis.model import build_model
-
-#: Options that ``--resume`` applies when they differ from the saved run (``train --help``):
-#: they change neither the model nor the order of the data (``device`` may change the last bits
-#: of the floating-point results). Any other difference is refused.
-SAFE_ON_RESUME = ("device", "workers", "max_iters", "checkpoint_every", "log_every", "evaluate")
 
 
 class _EpochSampler(Sampler[tuple[int, int]]):
@@ -424,14 +419,6 @@ def train(
             cfg = dataclasses.replace(cfg, amp=device.type == "cuda")
         if device.type == "cuda":
             device = torch.device("cuda", dist.local_rank)
-        if dist.is_main and console is not None:
-            console.print(
-                f"learning rate {cfg.lr:g} = --lr {cfg.base_lr:g} x {cfg.batch_size} images x "
-                f"{cfg.world_size} process(es) / 16 (linear scaling; recorded as lr in "
-                f"{run.config.name})",
-                markup=False,
-                highlight=False,
-            )
         seed_everything(cfg.seed + dist.rank)
         if dist.is_main:
             data_paths(cfg.data)  # rank 0 makes the synthetic data before the others look
@@ -475,6 +462,14 @@ def train(
                 )
         if dist.is_main:
             write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
+        if dist.is_main and console is not None:
+            console.print(
+                f"learning rate {cfg.lr:g} = --lr {cfg.base_lr:g} x {cfg.batch_size} images x "
+                f"{cfg.world_size} process(es) / 16 (linear scaling; recorded as lr in "
+                f"{run.config.name})",
+                markup=False,
+                highlight=False,
+            )
         trainer.train()
         barrier(dist)
         if not dist.is_main:
