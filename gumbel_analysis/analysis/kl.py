@@ -209,9 +209,16 @@ class KLComparison:
 
 
 def smoothed(mass: np.ndarray, eps: float) -> np.ndarray:
-    """``(mass + eps) / sum(mass + eps)`` along the last axis."""
-    mass = np.asarray(mass, dtype=np.float64) + eps
-    return mass / mass.sum(axis=-1, keepdims=True)
+    """``(mass + eps) / sum(mass + eps)`` along the last axis.
+
+    Computed as ``(mass/m + eps/m) / sum(mass/m + eps/m)`` with ``m`` the largest mass (1 when
+    all are 0), the same value, so that scores near the float64 maximum cannot overflow the sum.
+    """
+    mass = np.asarray(mass, dtype=np.float64)
+    m = mass.max(axis=-1, keepdims=True) if mass.size else np.ones(mass.shape[:-1] + (1,))
+    m = np.where(m > 0, m, 1.0)
+    scaled = mass / m + eps / m
+    return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
 def kl_divergence(target: np.ndarray, predicted: np.ndarray, base: str = "e") -> np.ndarray:
@@ -374,22 +381,35 @@ def evaluate_run(
     weights = np.ones(len(rows)) if options.count else det.score[on_target]
 
     detections_per_row = np.bincount(rows, minlength=R)
-    row_total = np.bincount(rows, weights=weights, minlength=R)
+    # Each row's masses divided by its largest (p_c is unchanged when eps is divided too): sums
+    # of scores near the float64 maximum would overflow to inf and make p_c NaN.
+    row_max = np.zeros(R)
+    np.maximum.at(row_max, rows, weights)
+    row_max[row_max <= 0] = 1.0
+    scaled = weights / row_max[rows]
+    row_total = np.bincount(rows, weights=scaled, minlength=R)
     key = rows * C + categories
     pos = np.searchsorted(gt.pair_key, key)
     np.minimum(pos, len(gt.pair_key) - 1, out=pos)
     hit = gt.pair_key[pos] == key
-    pair_mass = np.bincount(pos[hit], weights=weights[hit], minlength=len(gt.pair_key))
+    pair_mass = np.bincount(pos[hit], weights=scaled[hit], minlength=len(gt.pair_key))
 
     target = gt.pair_count / gt.target_total[gt.pair_row]
-    predicted = (pair_mass + eps) / (row_total[gt.pair_row] + C * eps)
+    eps_row = eps / row_max[gt.pair_row]
+    predicted = (pair_mass + eps_row) / (row_total[gt.pair_row] + C * eps_row)
     log_base = LOG_BASES[options.base]
     kl = np.bincount(gt.pair_row, weights=rel_entr(target, predicted), minlength=R) / log_base
 
     target_hist = gt.target_histogram()
-    predicted_hist = np.bincount(categories, weights=weights, minlength=C)
+    top = float(weights.max()) if len(weights) else 1.0
+    top = top if top > 0 else 1.0
+    # In units of the largest score (eps too): the same p_c, without overflow.
+    predicted_hist = np.bincount(categories, weights=weights / top, minlength=C)
+    eps_hist = eps / top
     dataset_kl = float(
-        kl_divergence(target_hist / target_hist.sum(), smoothed(predicted_hist, eps), options.base)
+        kl_divergence(
+            target_hist / target_hist.sum(), smoothed(predicted_hist, eps_hist), options.base
+        )
     )
 
     chosen_rows = np.empty(0, dtype=np.int64) if chosen_rows is None else chosen_rows
@@ -435,11 +455,11 @@ def run_labels(paths: Sequence[str | os.PathLike], labels: Sequence[str] | None)
     if labels:
         if len(labels) != len(paths):
             raise InputError(
-                f"--labels gave {len(labels)} labels for {len(paths)} results files; "
+                f"--label was given {len(labels)} times for {len(paths)} results files; "
                 "give one per file"
             )
         if len(set(labels)) != len(labels):
-            raise InputError("--labels must be distinct")
+            raise InputError("--label values must be distinct")
         return list(labels)
     stems = [Path(p).stem for p in paths]
     return [s if stems.count(s) == 1 else f"{s}#{i + 1}" for i, s in enumerate(stems)]
