@@ -19,7 +19,6 @@ from gumbel_analysis.math import (
     sigmoid_prior_bias,
 )
 
-
 #: The largest check: C x (features + 3 x proposals) float64 values (2 GiB).
 MAX_CHECK_ELEMENTS = 2**28
 

@@ -215,7 +215,7 @@ def smoothed(mass: np.ndarray, eps: float) -> np.ndarray:
     all are 0), the same value, so that scores near the float64 maximum cannot overflow the sum.
     """
     mass = np.asarray(mass, dtype=np.float64)
-    m = mass.max(axis=-1, keepdims=True) if mass.size else np.ones(mass.shape[:-1] + (1,))
+    m = mass.max(axis=-1, keepdims=True) if mass.size else np.ones((*mass.shape[:-1], 1))
     m = np.where(m > 0, m, 1.0)
     scaled = mass / m + eps / m
     return scaled / scaled.sum(axis=-1, keepdims=True)
