@@ -117,8 +117,11 @@ class LVISDetection(torch.utils.data.Dataset):
         try:
             with Image.open(self.paths[i]) as im:
                 pixels = np.asarray(im.convert("RGB"))
-        except OSError as err:
-            raise InputError(f"cannot read image {self.paths[i]}: {err}") from None
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for a damaged file
+            raise InputError(
+                f"cannot read image {self.paths[i]} (image {self.image_ids[i]}): "
+                f"{_short_cause(err, self.paths[i])}"
+            ) from None
         image = self.images[i]
         if pixels.shape[:2] != (int(image["height"]), int(image["width"])):
             raise InputError(
@@ -130,6 +133,13 @@ class LVISDetection(torch.utils.data.Dataset):
     def image_categories(self) -> list[set[int]]:
         """The labels present in each image (dataset order), for repeat factors."""
         return [{a[1] for a in anns} for anns in self._targets]
+
+
+def _short_cause(err: Exception, path: Path) -> str:
+    """PIL's reason without the path it repeats: 'cannot identify image file', 'truncated'."""
+    text = str(err).replace(repr(str(path)), "").replace(str(path), "").strip(" :'\"")
+    text = " ".join(text.split())
+    return (text or type(err).__name__)[:120]
 
 
 def _decode(segmentation: list | dict, height: int, width: int) -> np.ndarray:

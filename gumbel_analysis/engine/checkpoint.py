@@ -44,7 +44,9 @@ def _disk_full(path: Path) -> bool:
         return False
 
 
-def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+def load_checkpoint(path: str | os.PathLike, check: bool = True) -> dict[str, Any]:
+    """Read a checkpoint; with ``check`` (the default) refuse non-finite weights or an invalid
+    config (:func:`check_state`)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(f"checkpoint {path} is a folder, not a file")
@@ -58,7 +60,33 @@ def load_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
         ) from None
     if not isinstance(state, dict) or state.get("format") != FORMAT:
         raise InputError(f"{path} is not a gumbel-analysis checkpoint")
+    if check:
+        check_state(state, path)
     return state
+
+
+def check_state(state: dict[str, Any], path: str | os.PathLike) -> None:
+    """Refuse a checkpoint whose weights are not finite (a diverged run's) or whose config is
+    invalid (an unknown loss, a value out of range), naming the checkpoint and what is wrong."""
+    from gumbel_analysis.engine.config import TrainConfig
+
+    model = state.get("model")
+    if isinstance(model, dict):
+        bad = [
+            name
+            for name, value in model.items()
+            if torch.is_tensor(value) and value.is_floating_point() and not value.isfinite().all()
+        ]
+        if bad:
+            more = f" and {len(bad) - 1} more" if len(bad) > 1 else ""
+            raise InputError(
+                f"checkpoint {path} has non-finite weights (NaN or inf) in {bad[0]}{more}"
+            )
+    if "config" in state:
+        try:
+            TrainConfig.from_dict(state["config"])
+        except InputError as err:
+            raise InputError(f"checkpoint {path} has an invalid config: {err}") from None
 
 
 def rng_state() -> dict[str, Any]:

@@ -325,6 +325,10 @@ def validate_loss_fields(cfg: TrainConfig) -> None:
     """Validate the loss options of ``cfg`` (``--loss``, ``--lambda``, ...); one line each."""
     if not isinstance(cfg.loss, str) or not cfg.loss:
         raise InputError(f"--loss must be a loss name, got {_kind(cfg.loss)}")
+    from gumbel_analysis.losses import available_losses  # torch: only once a config is built
+
+    if cfg.loss not in available_losses():
+        raise InputError(f"--loss must be one of {', '.join(available_losses())}, got {cfg.loss!r}")
     lam = cfg.lambda_
     if lam is not None and (
         isinstance(lam, bool)
