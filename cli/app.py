@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from gumbel_analysis.cli import evaluate, grads, init_bias, kl_dist, make_data, temperature, train
-from gumbel_analysis.cli.common import multi_value_command
+from gumbel_analysis.cli.common import OneLineUsageErrors, multi_value_command
 
 app = typer.Typer(
     name="gumbel",
@@ -15,6 +15,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
     rich_markup_mode="markdown",
+    cls=OneLineUsageErrors,
 )
 
 app.command("train")(train.train)

@@ -416,8 +416,8 @@ def evaluate_run(
     chosen_predicted = np.empty((len(chosen_rows), C))
     for i, row in enumerate(chosen_rows):
         sel = rows == row
-        mass = np.bincount(categories[sel], weights=weights[sel], minlength=C)
-        chosen_predicted[i] = smoothed(mass, eps)
+        mass = np.bincount(categories[sel], weights=scaled[sel], minlength=C)
+        chosen_predicted[i] = smoothed(mass, eps / row_max[row])
 
     summary = {
         "label": label,

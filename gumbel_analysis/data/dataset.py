@@ -58,9 +58,8 @@ class LVISDetection(torch.utils.data.Dataset):
         self.images = sorted(data["images"], key=lambda im: int(im["id"]))
         self.image_ids = [int(im["id"]) for im in self.images]
         self.paths = [image_path(self.image_root, im) for im in self.images]
-        for path, image_id in zip(self.paths, self.image_ids, strict=True):
-            if not os.path.isfile(path):
-                raise InputError(f"image file not found: {path} (image {image_id})")
+        for path, image in zip(self.paths, self.images, strict=True):
+            _check_image_header(path, image)
 
         # Own references to the annotation parts: LVISEval later replaces ann["segmentation"]
         # by RLE in the dicts it is given, which must not change what this dataset returns.
@@ -133,6 +132,26 @@ class LVISDetection(torch.utils.data.Dataset):
     def image_categories(self) -> list[set[int]]:
         """The labels present in each image (dataset order), for repeat factors."""
         return [{a[1] for a in anns} for anns in self._targets]
+
+
+def _check_image_header(path: Path, image: dict) -> None:
+    """The file exists, is an image PIL can identify, and has the annotated size: only the
+    header is read, so a corrupt file is named at load, not by a worker in the middle of a run."""
+    if not os.path.isfile(path):
+        what = "is a folder, not an image file" if os.path.isdir(path) else "not found"
+        raise InputError(f"image file {what}: {path} (image {image['id']})")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(
+            f"cannot read image {path} (image {image['id']}): {_short_cause(err, path)}"
+        ) from None
+    if (height, width) != (int(image["height"]), int(image["width"])):
+        raise InputError(
+            f"image {path} (image {image['id']}) is {width}x{height}, the annotation file says "
+            f"{image['width']}x{image['height']}"
+        )
 
 
 def _short_cause(err: Exception, path: Path) -> str:

@@ -261,6 +261,27 @@ class Trainer:
             self.hooks.after_train()
 
 
+class _AnnounceLR(HookBase):
+    """Print the learning rate after linear scaling once the first step ran (a run refused
+    before it prints only its one error line)."""
+
+    def __init__(self, console: Console, run: RunPaths):
+        self.console, self.run, self.done = console, run, False
+
+    def after_step(self) -> None:
+        if self.done:
+            return
+        self.done = True
+        cfg = self.trainer.cfg
+        self.console.print(
+            f"learning rate {cfg.lr:g} = --lr {cfg.base_lr:g} x {cfg.batch_size} images x "
+            f"{cfg.world_size} process(es) / 16 (linear scaling; recorded as lr in "
+            f"{self.run.config})",
+            markup=False,
+            highlight=False,
+        )
+
+
 def _one_line_errors(batches):
     """Iterate a DataLoader; an InputError from a worker (a corrupt image) comes back as torch's
     flattened traceback: keep only its own message."""
@@ -448,6 +469,8 @@ def train(
         if recorder is not None:
             hooks.append(recorder)  # before the checkpointer: a row written is not pending
         hooks.append(Checkpointer(cfg.checkpoint_every))
+        if dist.is_main and console is not None:
+            hooks.append(_AnnounceLR(console, run))
         trainer = Trainer(cfg, ddp_model, train_set, sampler, device, dist, run, hooks)
         if dist.is_main and progress:
             trainer.hooks.hooks.append(ProgressBar(trainer.max_iter, console))
@@ -462,14 +485,6 @@ def train(
                 )
         if dist.is_main:
             write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
-        if dist.is_main and console is not None:
-            console.print(
-                f"learning rate {cfg.lr:g} = --lr {cfg.base_lr:g} x {cfg.batch_size} images x "
-                f"{cfg.world_size} process(es) / 16 (linear scaling; recorded as lr in "
-                f"{run.config.name})",
-                markup=False,
-                highlight=False,
-            )
         trainer.train()
         barrier(dist)
         if not dist.is_main:
