@@ -485,12 +485,12 @@ def compare_runs(
     if not result_paths:
         raise InputError("give at least one results file")
     names = run_labels(result_paths, labels)
-    for p in result_paths:
+    for what, p in [*(("results file", p) for p in result_paths), ("--gt file", gt_path)]:
+        if Path(p).is_dir():
+            raise InputError(f"{what} {p} is a folder, not a file")
         if not Path(p).is_file():
-            raise InputError(f"results file not found: {p}")
+            raise InputError(f"{what} not found: {p}")
     gt_path = Path(gt_path)
-    if not gt_path.is_file():
-        raise InputError(f"annotation file not found: {gt_path}")
     track = progress or (lambda _description, _total: None)
     with ResultsParser(workers) as parser:
         # the workers parse the results files while this process reads the ground truth

@@ -71,6 +71,8 @@ def read_json(
     """``json.load`` with one clear :class:`InputError` for a missing, truncated or binary file
     (``what`` names the file in the message)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     try:
