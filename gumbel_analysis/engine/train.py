@@ -303,12 +303,17 @@ def _worker_message(text: str) -> str:
     return last.split("InputError: ", 1)[-1]
 
 
+def _is_stale_temp(path: Path) -> bool:
+    """A temporary file of an atomic write (``.NAME.XXXX.tmp*``) that a kill left behind."""
+    return path.name.startswith(".") and ".tmp" in path.name and path.is_file()
+
+
 def remove_stale_temp_files(root: Path) -> list[Path]:
-    """Delete the temporary files a killed atomic write left (``.NAME.XXXX.tmp*``)."""
+    """Delete the temporary files a killed atomic write left in ``root``."""
     removed = []
     if root.is_dir():
         for path in root.iterdir():
-            if path.name.startswith(".") and ".tmp" in path.name and path.is_file():
+            if _is_stale_temp(path):
                 path.unlink(missing_ok=True)
                 removed.append(path)
     return removed
@@ -337,7 +342,7 @@ def _check_run_folder(run: RunPaths, resume: bool) -> None:
     _check_writable(run.root)
     if resume:
         return
-    if run.root.exists() and any(run.root.iterdir()):
+    if run.root.exists() and any(not _is_stale_temp(p) for p in run.root.iterdir()):
         raise InputError(f"run folder {run.root} is not empty; use --resume or another --out")
 
 
@@ -426,14 +431,13 @@ def train(
     fresh = False
     made_root = False
     try:
-        if dist.is_main:
-            remove_stale_temp_files(run.root)
         saved = None
         if resume:
             cfg, saved = resume_config(run, cfg, given)
             device = pick_device(cfg.device)
         if dist.is_main:
             _check_run_folder(run, resume)
+            remove_stale_temp_files(run.root)  # the run is accepted: clear a killed write's
         fresh = not resume or saved is None
         cfg = resolve(cfg, world_size=dist.world_size)
         if cfg.amp is None:
