@@ -476,3 +476,36 @@ def test_effective_lr_is_printed_and_recorded(run_dir, data_dir, tmp_path):
     assert result.exit_code == 0, result.output
     assert "learning rate 0.01 = --lr 0.04 x 4 images x 1 process(es) / 16" in result.stderr
     assert json.loads((out / "config.json").read_text())["lr"] == pytest.approx(0.01)
+
+
+def test_kl_dist_with_an_eps_below_float64_relative_to_the_scores(tmp_path):
+    # p_c = eps / (S + C eps) with eps = 1e-300 and S = 1.7e308 is below the smallest float64:
+    # the KL is still finite, computed in logs; checked here with exact decimal arithmetic.
+    from decimal import Decimal, getcontext
+
+    getcontext().prec = 50
+    ann = {
+        "images": [{"id": 1, "height": 10, "width": 10}],
+        "categories": [
+            {"id": c, "name": n, "frequency": "f", "image_count": 1, "instance_count": 1}
+            for c, n in ((1, "a"), (2, "b"))
+        ],
+        "annotations": [
+            {"id": c, "image_id": 1, "category_id": c, "bbox": [0, 0, 2, 2], "area": 4}
+            for c in (1, 2)
+        ],
+    }
+    gt = tmp_path / "gt.json"
+    gt.write_text(json.dumps(ann))
+    res = tmp_path / "r.json"
+    res.write_text(
+        json.dumps([{"image_id": 1, "category_id": 1, "bbox": [0, 0, 1, 1], "score": 1.7e308}])
+    )
+    result = runner.invoke(app, ["kl-dist", "--gt", str(gt), str(res), "--eps", "1e-300", "--json"])
+    assert result.exit_code == 0, result.output
+    s, eps = Decimal("1.7e308"), Decimal("1e-300")
+    p1, p2 = (s + eps) / (s + 2 * eps), eps / (s + 2 * eps)
+    half = Decimal("0.5")
+    expected = half * (half / p1).ln() + half * (half / p2).ln()
+    got = json.loads(result.stdout)["runs"][0]["kl_mean"]
+    assert got == pytest.approx(float(expected), rel=1e-12)

@@ -395,10 +395,15 @@ def evaluate_run(
     pair_mass = np.bincount(pos[hit], weights=scaled[hit], minlength=len(gt.pair_key))
 
     target = gt.pair_count / gt.target_total[gt.pair_row]
-    eps_row = eps / row_max[gt.pair_row]
-    predicted = (pair_mass + eps_row) / (row_total[gt.pair_row] + C * eps_row)
+    # log p_c = log(s_c + eps) - log(S + C eps), with s_c = M m_c for the row's largest mass M:
+    # in logs, neither a sum near the float64 maximum nor an eps / M below its minimum is lost.
+    log_m = np.log(row_max[gt.pair_row])
+    with np.errstate(divide="ignore"):  # log 0 = -inf: no detection of the pair
+        log_num = np.logaddexp(np.log(pair_mass) + log_m, math.log(eps))
+        log_den = np.logaddexp(np.log(row_total[gt.pair_row]) + log_m, math.log(C) + math.log(eps))
     log_base = LOG_BASES[options.base]
-    kl = np.bincount(gt.pair_row, weights=rel_entr(target, predicted), minlength=R) / log_base
+    terms = target * (np.log(target) - (log_num - log_den))  # target > 0 for every pair
+    kl = np.bincount(gt.pair_row, weights=terms, minlength=R) / log_base
 
     target_hist = gt.target_histogram()
     top = float(weights.max()) if len(weights) else 1.0
