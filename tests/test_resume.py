@@ -176,3 +176,49 @@ def test_a_full_disk_while_checkpointing_names_the_path(tmp_path, monkeypatch):
         ckpt.save_checkpoint(tmp_path / "last.pt", {"x": 1})
     assert info.value.filename == str(tmp_path / "last.pt")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.slow
+def test_a_real_sigkill_at_any_moment_resumes_to_the_same_weights(data_dir, tmp_path):
+    # A real SIGKILL of `gumbel train` (two loader workers, a checkpoint every iteration) once
+    # its second checkpoint exists, wherever it is then; --resume ends with the weights of an
+    # uninterrupted run.
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from typer.testing import CliRunner
+
+    from gumbel_analysis.cli.app import app
+
+    args = ["--data", str(data_dir), "--batch-size", "8", "--epochs", "3", "--workers", "2"]
+    args += ["--device", "cpu", "--no-progress", "--no-eval", "--checkpoint-every", "1"]
+    full = tmp_path / "full"
+    assert CliRunner().invoke(app, ["train", *args, "--out", str(full)]).exit_code == 0
+    cut = tmp_path / "cut"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gumbel_analysis", "train", *args, "--out", str(cut)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    deadline, seen, last = time.monotonic() + 120, set(), cut / "last.pt"
+    while time.monotonic() < deadline and proc.poll() is None:
+        stamp = last.stat().st_mtime_ns if last.exists() else None
+        if stamp is not None and stamp not in seen:  # a new checkpoint (each one is renamed in)
+            seen.add(stamp)
+            if len(seen) >= 2:
+                os.killpg(proc.pid, signal.SIGKILL)  # the workers too
+                break
+        time.sleep(0.01)
+    proc.wait()
+    killed_at = ckpt.load_checkpoint(cut / "last.pt")["iteration"]
+    assert proc.returncode == -signal.SIGKILL and killed_at < 9, (proc.returncode, killed_at)
+    result = CliRunner().invoke(app, ["train", "--resume", "--out", str(cut), "--no-progress"])
+    assert result.exit_code == 0, result.output
+    a = torch.load(full / "model_final.pt", weights_only=False)["model"]
+    b = torch.load(cut / "model_final.pt", weights_only=False)["model"]
+    for key in a:
+        assert torch.equal(a[key], b[key]), (key, killed_at)
