@@ -90,8 +90,8 @@ def train(
         float | None,
         typer.Option(
             help="Base learning rate for a total batch of 16; the run uses it scaled linearly "
-            "(lr x batch x processes / 16), printed at the start and recorded as lr in "
-            "config.json."
+            "(lr x batch x processes / 16), printed once training starts and recorded as lr "
+            "in config.json."
         ),
     ] = None,
     weights: Annotated[Path | None, typer.Option(help="Local backbone or model weights.")] = None,
@@ -134,9 +134,9 @@ def train(
     results.json (LVIS format) and metrics.json. Options given here override --config.
     Multi-GPU: torchrun --nproc-per-node N -m gumbel_analysis train ...
     """
-    if resume and out is None:
-        fail("--resume needs --out RUN_DIR")
     values: dict[str, Any] = load_config_file(config) if config is not None else {}
+    if resume and out is None and "out" not in values:
+        fail("--resume needs --out RUN_DIR")
     given = {
         "data": data,
         "preset": preset,
