@@ -10,7 +10,12 @@ from typing import Annotated, Any, NoReturn, TypeVar
 
 import typer
 from rich.console import Console
-from typer.core import TyperCommand
+from typer.core import TyperCommand, TyperGroup
+
+try:  # typer vendors click from 0.2x on; older releases depend on it
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover
+    from click.exceptions import ClickException
 
 from gumbel_analysis.errors import InputError, TrainingError
 
@@ -27,6 +32,19 @@ def fail(message: str) -> NoReturn:
     """Print ``error: message`` as one line on stderr and exit with status 2."""
     err_console.print(f"error: {' '.join(str(message).split())}", markup=False)
     raise typer.Exit(EXIT_BAD_INPUT)
+
+
+class OneLineUsageErrors(TyperGroup):
+    """The application's group: a usage error (an unknown option, a value of the wrong type or
+    not among the choices, a missing argument) is one line ``error: ...`` and exit 2, like every
+    other bad input, instead of a framed panel."""
+
+    def invoke(self, ctx: Any) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClickException as err:
+            err_console.print(f"error: {' '.join(err.format_message().split())}", markup=False)
+            raise typer.Exit(err.exit_code) from None
 
 
 def reports_input_errors(fn: F) -> F:

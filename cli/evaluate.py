@@ -110,7 +110,7 @@ def evaluate(
     if workers is not None and workers < 0:
         raise InputError(f"--workers must be 0 or more, got {workers}")
     if batch_size is not None and batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+        raise InputError(f"--batch-size must be an integer >= 1, got {batch_size}")
     if out is not None:
         from gumbel_analysis.io import check_writable_folder
 

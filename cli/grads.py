@@ -45,22 +45,28 @@ def grads(
         Path | None,
         typer.Option("--plot", help="Figure file (Fig. 2): .png, .pdf or .svg by its suffix."),
     ] = None,
-    labels: Annotated[
+    label: Annotated[
         list[str] | None,
         typer.Option(
-            "--labels",
-            help="One name per run, in order: --labels sigmoid gumbel (put the runs before "
-            "--labels). Default: each file's loss, with the run folder's name where two runs "
-            "share a loss.",
+            "--label",
+            help="A name for the runs, one --label per run in order: --label sigmoid "
+            "--label gumbel. Default: each file's loss, with the run folder's name where two "
+            "runs share a loss.",
         ),
     ] = None,
-    epochs: Annotated[
+    labels: Annotated[
+        list[str] | None, typer.Option("--labels", hidden=True, help="Old spelling of --label.")
+    ] = None,
+    epoch_range: Annotated[
         str | None,
         typer.Option(
-            "--epochs",
+            "--epoch-range",
             help="Use the rows whose 0-based epoch is in [A, B): A:B, A:, :B, or A for one "
             "epoch. Default: all rows.",
         ),
+    ] = None,
+    epochs: Annotated[
+        str | None, typer.Option("--epochs", hidden=True, help="Old spelling of --epoch-range.")
     ] = None,
     db_scale: Annotated[
         int,
@@ -99,9 +105,13 @@ def grads(
         check_figure_path(plot)
     if db_scale not in (10, 20):
         raise InputError(f"--db-scale must be 10 or 20, got {db_scale}")
-    epoch_range = parse_epochs(epochs) if epochs is not None else None
+    if epochs is not None and epoch_range is not None:
+        raise InputError("give --epoch-range once (--epochs is its old spelling)")
+    spec = epoch_range if epoch_range is not None else epochs
+    epoch_range = parse_epochs(spec) if spec is not None else None
+    labels = [*(label or []), *(labels or [])] or None
     if labels and len(labels) != len(sources):
-        raise InputError(f"--labels got {len(labels)} names for {len(sources)} runs")
+        raise InputError(f"--label was given {len(labels)} times for {len(sources)} runs")
     with Progress(
         TextColumn("reading {task.description}"),
         BarColumn(),

@@ -55,7 +55,7 @@ def init_bias(
     table.add_column("Sigmoid", justify="right")
     rows = [
         ("bias b", "-σ·log(log C)", "-log(C-1)"),
-        ("value of b", f"{g['bias']:.6f}", f"{s['bias']:.6f}"),
+        ("value of b", f"{g['bias']:.7g}", f"{s['bias']:.7g}"),
         ("activation at b (1/C)", f"{g['eta_at_bias']:.6g}", f"{s['sigmoid_at_bias']:.6g}"),
         (
             "positive gradient",

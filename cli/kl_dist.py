@@ -37,13 +37,16 @@ def kl_dist(
         typer.Argument(help="LVIS results JSON files (gumbel eval, detectron2, mmdetection)."),
     ],
     gt: Annotated[Path, typer.Option("--gt", help="LVIS-format ground-truth annotation file.")],
-    labels: Annotated[
+    label: Annotated[
         list[str] | None,
         typer.Option(
-            "--labels",
-            help="One name per results file, in order: --labels Softmax Sigmoid Gumbel "
-            "(put the results files before --labels). Default: the file names.",
+            "--label",
+            help="A name for the results files, one --label per file in order: --label Softmax "
+            "--label Sigmoid. Default: the file names.",
         ),
+    ] = None,
+    labels: Annotated[
+        list[str] | None, typer.Option("--labels", hidden=True, help="Old spelling of --label.")
     ] = None,
     images: Annotated[
         list[int] | None,
@@ -98,6 +101,9 @@ def kl_dist(
     mean is closest to the target. --plot draws the chosen images' distributions (categories by
     training image count) with KL in each title, and the per-image KL distribution per run.
     """
+    labels = [*(label or []), *(labels or [])] or None
+    if labels and len(labels) != len(results):
+        raise InputError(f"--label was given {len(labels)} times for {len(results)} results files")
     if plot is not None:
         from gumbel_analysis.analysis.plots import check_figure_path  # matplotlib only if needed
 

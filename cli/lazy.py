@@ -6,7 +6,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from typer.core import TyperCommand, TyperGroup
+from typer.core import TyperCommand
+
+from gumbel_analysis.cli.common import OneLineUsageErrors
 
 
 class LazyCommand(TyperCommand):
@@ -37,8 +39,9 @@ class LazyCommand(TyperCommand):
 LAZY_COMMANDS: dict[str, tuple[str, Callable[[], TyperCommand]]] = {}
 
 
-class GroupWithLazyCommands(TyperGroup):
-    """The root group: Typer's commands plus :data:`LAZY_COMMANDS`, lazy ones listed first."""
+class GroupWithLazyCommands(OneLineUsageErrors):
+    """The root group: Typer's commands plus :data:`LAZY_COMMANDS`, lazy ones listed first (and
+    usage errors as one line, for the lazy commands too)."""
 
     def __init__(self, *args: Any, **kwargs: Any):
         super().__init__(*args, **kwargs)

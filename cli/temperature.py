@@ -9,6 +9,7 @@ import typer
 from rich.table import Table
 
 from gumbel_analysis.cli.common import JsonOption, console, print_json, reports_input_errors
+from gumbel_analysis.errors import InputError
 from gumbel_analysis.paper import PAPER_CLIP, PAPER_SIGMAS
 
 
@@ -27,9 +28,12 @@ def temperature(
         tuple[float, float],
         typer.Option(help="Clip range LOW HIGH of the logits (the paper's -4 10)."),
     ] = PAPER_CLIP,
-    out: Annotated[
+    plot: Annotated[
         Path | None,
-        typer.Option("--out", "-o", help="Figure file: .png, .pdf or .svg by its suffix."),
+        typer.Option("--plot", help="Figure file: .png, .pdf or .svg by its suffix."),
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", hidden=True, help="Old spelling of --plot.")
     ] = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -43,6 +47,9 @@ def temperature(
     from gumbel_analysis.analysis.temperature import cutoff_table, plot_temperature
     from gumbel_analysis.math import check_clip_range, check_temperature
 
+    if plot is not None and out is not None:
+        raise InputError("give --plot once (--out is its old spelling)")
+    out = plot if plot is not None else out
     sigmas = list(sigma) if sigma else list(PAPER_SIGMAS)
     for s in sigmas:
         check_temperature(s)

@@ -62,13 +62,26 @@ def train(
     epochs: Annotated[int | None, typer.Option(help="Epochs (the tiny preset: 12).")] = None,
     schedule: Annotated[Schedule | None, typer.Option(help="1x (12 epochs) or 2x (24).")] = None,
     batch_size: Annotated[int | None, typer.Option(help="Images per process.")] = None,
-    lr: Annotated[float | None, typer.Option(help="Learning rate for a total batch of 16.")] = None,
+    lr: Annotated[
+        float | None,
+        typer.Option(
+            help="Base learning rate for a total batch of 16; the run uses it scaled linearly "
+            "(lr x batch x processes / 16), printed once training starts and recorded as lr "
+            "in config.json."
+        ),
+    ] = None,
     weights: Annotated[Path | None, typer.Option(help="Local backbone or model weights.")] = None,
     out: Annotated[
         Path | None, typer.Option(help="Run folder. Default: runs/PRESET-LOSS-TIME.")
     ] = None,
     resume: Annotated[
-        bool, typer.Option(help="Continue the run in --out from its last checkpoint.")
+        bool,
+        typer.Option(
+            help="Continue the run in --out from its last checkpoint (from iteration 0 with its "
+            "saved config if it has none). Options given with --resume may change only "
+            "--device, --workers, --max-iters, --checkpoint-every and --eval; any other that "
+            "differs from the saved config is refused."
+        ),
     ] = False,
     device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
     workers: Annotated[int | None, typer.Option(help="Data loader workers.")] = None,
@@ -114,6 +127,8 @@ def train(
     Multi-GPU: torchrun --nproc-per-node N -m gumbel_analysis train ...
     """
     values: dict[str, Any] = load_config_file(config) if config is not None else {}
+    if resume and out is None and "out" not in values:
+        fail("--resume needs --out RUN_DIR")
     given = {
         "data": data,
         "preset": preset,
@@ -146,16 +161,18 @@ def train(
             values[key] = loss_values[key]
     options = {k: v for k, v in loss_values.items() if k not in ("loss", "activation")}
     values = merge_loss_options(values, {k: v for k, v in options.items() if v is not None})
-    cfg = TrainConfig.from_dict(values)
+    cfg = TrainConfig.from_dict(values, source=str(config) if config is not None else None)
     if out is None and "out" not in values:
         cfg.out = f"runs/{cfg.preset}-{cfg.loss}-{time.strftime('%Y%m%d-%H%M%S')}"
-    if out is None and resume:
-        fail("--resume needs --out RUN_DIR")
     from gumbel_analysis.engine.evaluate import metrics_table
     from gumbel_analysis.engine.train import train as run_training
 
     metrics = run_training(
-        cfg, resume=resume, progress=progress and not as_json, console=err_console
+        cfg,
+        resume=resume,
+        given=values if resume else None,
+        progress=progress and not as_json,
+        console=err_console,
     )
     if metrics is None:
         return

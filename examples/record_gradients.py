@@ -8,14 +8,13 @@ Run: ``python examples/record_gradients.py [OUT_DIR]``.
 
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import h5py
 import numpy as np
 import torch
 from torch import nn
 
-from gumbel_analysis.hooks import GradientLogWriter, PositiveGradientRecorder, log_attributes
+from gumbel_analysis.hooks import GradientRecorder
 from gumbel_analysis.losses import build_loss
 
 C, DIM, STEPS, EVERY = 12, 32, 200, 20
@@ -44,27 +43,19 @@ for name in ("sigmoid", "gumbel"):
     loss.init_classifier(model[-1])
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     path = out_dir / f"{name}.h5"
-    writer = GradientLogWriter(
-        path,
-        log_attributes(loss=name, activation=loss.activation, num_classes=C, grad_every=EVERY),
-        categories,
-    )
-    recorder = PositiveGradientRecorder(C, writer=writer, every=EVERY)
-    recorder.trainer = SimpleNamespace(
-        iteration=0, epoch=0, epoch_iteration=1, is_last_iteration=False
-    )
-    for step in range(1, STEPS + 1):
-        labels = torch.multinomial(prob, 256, replacement=True, generator=gen)
-        x = centres[labels] + torch.randn(256, DIM, generator=gen)
-        logits = model(x)
-        recorder.watch(logits, labels)  # the tensor hook sees dL/dlogits in backward
-        optimizer.zero_grad()
-        loss(logits, labels).backward()
-        optimizer.step()
-        recorder.trainer.iteration = step
-        recorder.trainer.is_last_iteration = step == STEPS
-        recorder.after_step()  # a row every EVERY steps
-    recorder.after_train()  # closes the file
+    with GradientRecorder(
+        path, categories, every=EVERY, loss=name, activation=loss.activation
+    ) as recorder:
+        for _ in range(STEPS):
+            labels = torch.multinomial(prob, 256, replacement=True, generator=gen)
+            x = centres[labels] + torch.randn(256, DIM, generator=gen)
+            logits = model(x)
+            recorder.watch(logits, labels)  # the tensor hook sees dL/dlogits in backward
+            optimizer.zero_grad()
+            loss(logits, labels).backward()
+            optimizer.step()
+            recorder.step()  # a row every EVERY steps
+    # leaving the block wrote the last partial row (none here) and closed the file
     with h5py.File(path, "r", swmr=True) as f:
         g = np.abs(f["positive_sum"][:].sum(0)) / f["positive_count"][:].sum(0)
     db = 20 * np.log10(g)

@@ -4,28 +4,55 @@ A tensor hook on the logits sees ``dL/dq`` after every weighting the loss applie
 negatives arrive as zeros), so any loss is measured the same way. Sums stay on the logits'
 device between rows: nothing synchronises with the host per iteration.
 
-Use it in ``gumbel train`` (on by default), or with any model::
+With any PyTorch classifier (``docs/grad-log.md`` describes the file; ``gumbel grads`` reads it)::
 
-    recorder = PositiveGradientRecorder(num_classes=C)
-    logits = model(x)
-    recorder.watch(logits, labels)     # labels in [0, C]; C (or more) = background
-    loss(logits, labels).backward()    # the hook accumulates
-    row = recorder.pop()               # [4, C] sums, see QUANTITIES
+    with GradientRecorder("grads.h5", categories, every=20, loss="gumbel") as recorder:
+        for x, labels in data:
+            logits = model(x)
+            recorder.watch(logits, labels)  # labels in [0, C]; C (or more) = background
+            loss(logits, labels).backward()  # the tensor hook accumulates
+            optimizer.step()
+            recorder.step()                 # a row every 20 steps; the last partial row on exit
+
+``categories`` are names or dicts with ``id``, ``name``, ``frequency`` (r/c/f),
+``image_count`` and ``instance_count``. In ``gumbel train`` the loop's hook,
+:class:`PositiveGradientRecorder`, is a thin adapter that steps it with the trainer's iteration
+and epoch and keeps its unwritten sums in the checkpoint.
 """
 
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
 
 from gumbel_analysis.hooks.base import HookBase
-from gumbel_analysis.hooks.grad_log import QUANTITIES, GradientLogWriter
+from gumbel_analysis.hooks.grad_log import (
+    CATEGORY_FIELDS,
+    QUANTITIES,
+    GradientLogWriter,
+    log_attributes,
+)
 
 
-class PositiveGradientRecorder(HookBase):
+def log_categories(categories: Sequence[str | dict[str, Any]]) -> list[dict[str, Any]]:
+    """The log's category records from names or partial dicts (id i + 1, no group, counts 0)."""
+    out = []
+    for i, cat in enumerate(categories):
+        record = {"name": cat} if isinstance(cat, str) else dict(cat)
+        record.setdefault("id", i + 1)
+        record.setdefault("name", str(record["id"]))
+        record.setdefault("frequency", "")
+        record.setdefault("image_count", 0)
+        record.setdefault("instance_count", 0)
+        out.append({k: record[k] for k in CATEGORY_FIELDS})
+    return out
+
+
+class GradientRecorder:
     """Accumulates, per category column c of the first ``num_classes`` columns:
 
     * ``positive_sum``: sum of ``dL/dq_c`` over proposals labelled c, and ``positive_count``;
@@ -36,31 +63,63 @@ class PositiveGradientRecorder(HookBase):
     Gradients are per proposal: autograd's gradient times N (the losses average over the N
     proposals), divided by ``scale_fn()`` (the mixed-precision loss scale) when given.
 
-    As a training-loop hook it writes one row every ``every`` iterations to ``writer`` (rank 0),
-    after adding the sums of all ranks when ``reduce_fn`` is given, and the last partial row at
-    the end; its unwritten sums are part of the checkpoint, so a resumed run loses nothing.
+    ``path`` and ``categories``: the HDF5 log to write (one row every ``every`` calls of
+    :meth:`step`, the last partial row at :meth:`close`); without them the sums are only
+    available through :meth:`pop`. ``reduce_fn`` adds the sums of all ranks before a row is
+    written (DDP).
     """
 
     def __init__(
         self,
-        num_classes: int,
+        path: str | os.PathLike | None = None,
+        categories: Sequence[str | dict[str, Any]] | None = None,
         *,
+        num_classes: int | None = None,
+        every: int = 1,
+        loss: str = "",
+        activation: str = "",
+        temperature: float | None = None,
         writer: GradientLogWriter | None = None,
-        every: int = 50,
         weights_fn: Callable[[], torch.Tensor | None] | None = None,
         scale_fn: Callable[[], torch.Tensor | float] | None = None,
         reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ):
-        if every < 1:
+        if not isinstance(every, int) or every < 1:
             raise ValueError(f"every must be at least 1, got {every}")
+        if num_classes is None:
+            if categories is None:
+                raise ValueError("give the categories (or num_classes)")
+            num_classes = len(categories)
+        if categories is not None and len(categories) != num_classes:
+            raise ValueError(f"{len(categories)} categories for {num_classes} classes")
         self.num_classes = int(num_classes)
-        self.writer, self.every = writer, every
+        self.every = every
         self.weights_fn, self.scale_fn, self.reduce_fn = weights_fn, scale_fn, reduce_fn
+        if path is not None:
+            if categories is None:
+                raise ValueError("a log needs the categories")
+            attributes = log_attributes(
+                loss=loss,
+                activation=activation,
+                num_classes=self.num_classes,
+                temperature=temperature,
+                grad_every=every,
+            )
+            writer = GradientLogWriter(path, attributes, log_categories(categories))
+        self.writer = writer
         self.sums: torch.Tensor | None = None  # [4, C] float64 on the logits' device
         self.pending = False  # sums not yet written
+        self.steps = 0  # calls of step()
+        self.epoch = 0
         # The iteration of the last row written: a resumed run keeps the rows up to the one
         # its checkpoint saw, and re-adds the sums that were pending then.
         self.last_row_iteration = 0
+
+    def __enter__(self) -> GradientRecorder:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     # --- capture -----------------------------------------------------------------------------
     def watch(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
@@ -123,31 +182,35 @@ class PositiveGradientRecorder(HookBase):
         self.pending = False
         return out
 
-    # --- training-loop hook ------------------------------------------------------------------
-    def after_step(self) -> None:
-        if self.trainer.iteration % self.every == 0:
-            self._write_row()
+    # --- rows --------------------------------------------------------------------------------
+    def step(self, epoch: int | None = None) -> None:
+        """One optimizer step done: write a row every ``every`` steps (``epoch``: the row's
+        epoch in the log, default the last one given)."""
+        self.steps += 1
+        if epoch is not None:
+            self.epoch = int(epoch)
+        if self.steps % self.every == 0:
+            self.write_row(self.steps, self.epoch)
 
-    def after_train(self) -> None:
+    def close(self) -> None:
+        """Write the partial last row, if any, and close the log."""
         try:
-            # A partial last row; after a failure only when the ranks cannot wait on each other.
-            if self.pending and (self.trainer.is_last_iteration or self.reduce_fn is None):
-                self._write_row()
+            if self.pending:
+                self.write_row(self.steps, self.epoch)
         finally:
             if self.writer is not None:
                 self.writer.close()
 
-    def _write_row(self) -> None:
+    def write_row(self, iteration: int, epoch: int) -> None:
+        """Write the sums since the last row (added over the ranks with ``reduce_fn``)."""
         if self.sums is None:
             return
         row = self.pop()
         if self.reduce_fn is not None:
             row = self.reduce_fn(row)
         if self.writer is not None:
-            # The row ends at the iteration just done; its epoch is that iteration's epoch.
-            epoch = self.trainer.epoch - (1 if self.trainer.epoch_iteration == 0 else 0)
-            self.writer.append(self.trainer.iteration, max(epoch, 0), row.cpu().numpy())
-        self.last_row_iteration = self.trainer.iteration
+            self.writer.append(iteration, max(epoch, 0), row.cpu().numpy())
+        self.last_row_iteration = iteration
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -163,4 +226,47 @@ class PositiveGradientRecorder(HookBase):
         self.last_row_iteration = int(state.get("last_row_iteration", 0))
 
 
-__all__ = ["QUANTITIES", "PositiveGradientRecorder"]
+class PositiveGradientRecorder(GradientRecorder, HookBase):
+    """The training loop's hook: a :class:`GradientRecorder` stepped with the trainer's
+    iteration and epoch (a row every ``every`` iterations, the partial last row at the end);
+    its unwritten sums travel in the checkpoint (``state_dict``)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        *,
+        writer: GradientLogWriter | None = None,
+        every: int = 50,
+        weights_fn: Callable[[], torch.Tensor | None] | None = None,
+        scale_fn: Callable[[], torch.Tensor | float] | None = None,
+        reduce_fn: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ):
+        super().__init__(
+            num_classes=num_classes,
+            every=every,
+            writer=writer,
+            weights_fn=weights_fn,
+            scale_fn=scale_fn,
+            reduce_fn=reduce_fn,
+        )
+
+    def _row_epoch(self) -> int:
+        # The row ends at the iteration just done; its epoch is that iteration's epoch.
+        t = self.trainer
+        return t.epoch - (1 if t.epoch_iteration == 0 else 0)
+
+    def after_step(self) -> None:
+        if self.trainer.iteration % self.every == 0:
+            self.write_row(self.trainer.iteration, self._row_epoch())
+
+    def after_train(self) -> None:
+        try:
+            # A partial last row; after a failure only when the ranks cannot wait on each other.
+            if self.pending and (self.trainer.is_last_iteration or self.reduce_fn is None):
+                self.write_row(self.trainer.iteration, self._row_epoch())
+        finally:
+            if self.writer is not None:
+                self.writer.close()
+
+
+__all__ = ["QUANTITIES", "GradientRecorder", "PositiveGradientRecorder", "log_categories"]

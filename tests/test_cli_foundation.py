@@ -101,7 +101,7 @@ def test_temperature_default_sigmas_and_table():
 )
 def test_temperature_writes_figure_by_suffix(tmp_path, suffix, magic):
     out = tmp_path / f"fig{suffix}"
-    result = run("temperature", "--sigma", "1.0", "--out", str(out))
+    result = run("temperature", "--sigma", "1.0", "--plot", str(out))
     assert result.exit_code == 0, result.output
     assert out.read_bytes().startswith(magic)
     assert [p.name for p in tmp_path.iterdir()] == [out.name]  # no temporary file left
@@ -114,8 +114,8 @@ def test_temperature_writes_figure_by_suffix(tmp_path, suffix, magic):
         (["--sigma", "1.0", "-0.5"], "positive"),
         (["--clip", "10", "-4"], "low < high"),
         (["--clip", "3", "3"], "low < high"),
-        (["--out", "{tmp}/missing/fig.png"], "does not exist"),
-        (["--out", "{tmp}/fig.jpg"], "unsupported"),
+        (["--plot", "{tmp}/missing/fig.png"], "does not exist"),
+        (["--out", "{tmp}/fig.jpg"], "unsupported"),  # the old spelling
     ],
 )
 def test_temperature_bad_input_writes_nothing(tmp_path, args, fragment):

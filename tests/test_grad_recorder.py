@@ -20,6 +20,7 @@ from gumbel_analysis.hooks import GradientLogWriter, PositiveGradientRecorder, l
 from gumbel_analysis.losses import build_loss, drop_weights
 
 C = 4
+QUANTITIES_ORDER = ("positive_sum", "positive_count", "negative_sum", "negative_count")
 FREQ = torch.tensor([1e-4, 5e-4, 0.05, 0.2], dtype=torch.float64)
 
 
@@ -281,3 +282,35 @@ def test_recorder_rejects_bad_arguments():
     assert math.isnan(
         log_attributes(loss="softmax", activation="softmax", num_classes=2)["temperature"]
     )
+
+
+def test_standalone_recorder_writes_rows_any_classifier_can_use(tmp_path):
+    # The public API: a context manager with the log's path and categories, watch() and step();
+    # the rows are the analytic per-proposal gradients summed over their steps.
+    from gumbel_analysis.analysis.gradients import read_grad_log
+    from gumbel_analysis.hooks import GradientRecorder
+
+    loss = build_loss("gumbel", C)
+    layer = torch.nn.Linear(C + 1, loss.num_outputs, dtype=torch.float64)
+    expected = [np.zeros((4, C)) for _ in range(3)]
+    path = tmp_path / "log.h5"
+    with GradientRecorder(path, ["a", "b", "c", "d"], every=2, loss="gumbel") as rec:
+        for step in range(5):  # rows after steps 2 and 4, a partial row for step 5 on exit
+            x, labels = batch(step)
+            logits = layer(x)
+            rec.watch(logits, labels)
+            loss(logits, labels).backward()
+            rec.step(epoch=step // 2)
+            pos, neg = analytic_grad("gumbel", logits.detach()[:, :C])
+            expected[min(step // 2, 2)] += expected_sums(pos, neg, labels)
+    with h5py.File(path, "r") as f:
+        assert f["iteration"][:].tolist() == [2, 4, 5]
+        assert f["epoch"][:].tolist() == [0, 1, 2]
+        assert [n.decode() for n in f["categories/name"][:]] == ["a", "b", "c", "d"]
+        assert f.attrs["loss"] == "gumbel" and f.attrs["grad_every"] == 2
+        for row in range(3):
+            got = np.stack([f[name][row] for name in QUANTITIES_ORDER])
+            np.testing.assert_allclose(got, expected[row], rtol=1e-9, atol=1e-12)
+    assert read_grad_log(path).rows == 3
+    with pytest.raises(ValueError, match="categories"):
+        GradientRecorder(tmp_path / "x.h5", every=1)

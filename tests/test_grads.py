@@ -253,7 +253,7 @@ def test_runs_align_by_category_id(tmp_path):
     permuted_cats = {k: [v[i] for i in perm] for k, v in CATEGORIES.items()}
     a = write_grad_log(tmp_path / "a.h5", rows)
     b = write_grad_log(tmp_path / "b.h5", permuted_rows, categories=permuted_cats)
-    report = json_of([str(a), str(b), "--labels", "first", "second"])
+    report = json_of(["--label", "first", str(a), str(b), "--label", "second"])
     assert [r["label"] for r in report["runs"]] == ["first", "second"]
     groups = report["differences"][0]["groups"]
     assert all(abs(v) < 1e-9 for v in groups.values())
@@ -271,7 +271,7 @@ def test_epochs_select_rows_by_epoch(tmp_path):
         ("2", epoch == 2),
         (":", epoch >= 0),
     ):
-        run = json_of([str(path), "--epochs", spec])["runs"][0]
+        run = json_of([str(path), "--epoch-range", spec])["runs"][0]
         pos, _ = expected_db(rows, keep=keep)
         got = db_list([c["positive_db"] for c in run["per_category"]])
         np.testing.assert_allclose(got, pos, rtol=1e-12, err_msg=spec)
@@ -470,10 +470,10 @@ def _bad_inputs(tmp_path):
         "schema version 2": [str(newer)],
         "num_classes = 7": [str(wrong_count)],
         "lacks epoch": [str(no_epoch)],
-        "selects no rows": [g, "--epochs", "7:"],
-        "--epochs must look like": [g, "--epochs", "x:y"],
-        "--labels got 1 names for 2 runs": [g, g, "--labels", "only"],
-        "--labels must be distinct": [g, g, "--labels", "same", "same"],
+        "selects no rows": [g, "--epoch-range", "7:"],
+        "--epoch-range must look like": [g, "--epochs", "x:y"],  # the old spelling
+        "--label was given 1 times for 2 runs": [g, g, "--labels", "only"],
+        "--label values must be distinct": [g, g, "--label", "same", "--label", "same"],
         "--db-scale must be 10 or 20": [g, "--db-scale", "3"],
     }
 

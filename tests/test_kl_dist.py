@@ -472,7 +472,7 @@ def bad_cli_inputs(tmp_path, gt, runs):
         "truncated": ([results("trunc.json", '[{"image_id": 10, "categ')], "not valid JSON"),
         "missing results": ([str(tmp_path / "nope.json")], "not found"),
         "gt not lvis": ([*good, "--gt", not_lvis], "is not LVIS"),
-        "labels mismatch": ([*good, "--labels", "a"], "--labels gave 1 labels for 2"),
+        "labels mismatch": ([*good, "--label", "a"], "--label was given 1 times for 2"),
         "base": ([*good, "--base", "10"], "--base"),
         "eps": ([*good, "--eps", "0"], "--eps"),
         "top-k": ([*good, "--top-k", "-1"], "--top-k"),

@@ -3,7 +3,7 @@
 A gradient log (``RUN/grads.h5``, schema in ``docs/grad-log.md``) holds per row and category the
 sum and count of the positive gradients ``dL/dq_c`` (proposals labelled ``c``) and of the
 negative ones (``|dL/dq_c|`` of proposals of other labels, counted by the loss's weights).
-Definitions, over the rows selected by ``--epochs``:
+Definitions, over the rows selected by ``--epoch-range``:
 
 * Mean positive gradient magnitude ``g_c = |sum positive_sum_c| / sum positive_count_c``; a
   category never seen as a positive has no ``g_c`` (NaN, "missing"), never 0.
@@ -92,10 +92,12 @@ def parse_epochs(spec: str) -> EpochRange:
     if len(parts) == 1 and parts[0]:
         parts = [parts[0], str(_epoch_number(parts[0], spec) + 1)]
     if len(parts) != 2:
-        raise InputError(f"--epochs must look like A:B, A:, :B or A (epochs [A, B)), got {spec!r}")
+        raise InputError(
+            f"--epoch-range must look like A:B, A:, :B or A (epochs [A, B)), got {spec!r}"
+        )
     start, stop = (_epoch_number(p, spec) if p.strip() else None for p in parts)
     if start is not None and stop is not None and stop <= start:
-        raise InputError(f"--epochs {spec} selects no epochs: [A, B) needs B > A")
+        raise InputError(f"--epoch-range {spec} selects no epochs: [A, B) needs B > A")
     return EpochRange(start, stop)
 
 
@@ -104,10 +106,10 @@ def _epoch_number(text: str, spec: str) -> int:
         value = int(text.strip())
     except ValueError:
         raise InputError(
-            f"--epochs must look like A:B, A:, :B or A with whole epochs, got {spec!r}"
+            f"--epoch-range must look like A:B, A:, :B or A with whole epochs, got {spec!r}"
         ) from None
     if value < 0:
-        raise InputError(f"--epochs takes epochs >= 0 (they are 0-based), got {spec!r}")
+        raise InputError(f"--epoch-range takes epochs >= 0 (they are 0-based), got {spec!r}")
     return value
 
 
@@ -287,10 +289,13 @@ def _read(
     keep = np.ones(rows, dtype=bool) if epochs is None else epochs.mask(epoch)
     if not keep.any():
         raise InputError(
-            f"--epochs {epochs} selects no rows of {source} (its rows cover epochs "
+            f"--epoch-range {epochs} selects no rows of {source} (its rows cover epochs "
             f"{int(epoch.min())} to {int(epoch.max())})"
         )
     sums = _sum_rows(row_sets, rows, keep, progress)
+    for name, total in sums.items():
+        if not np.all(np.isfinite(total)):
+            _raise_non_finite(source, row_sets[name], rows, keep, iteration)
     selected_iterations = iteration[keep]
     selected_epochs = epoch[keep]
     return GradLog(
@@ -306,6 +311,24 @@ def _read(
         epochs=(int(selected_epochs.min()), int(selected_epochs.max())),
         **sums,
     )
+
+
+def _raise_non_finite(
+    source: Path, ds: h5py.Dataset, rows: int, keep: np.ndarray, iteration: np.ndarray
+) -> None:
+    """Name the first selected row with a NaN or infinite value (a diverged run logs them)."""
+    for start in range(0, rows, BLOCK_ROWS):
+        stop = min(start + BLOCK_ROWS, rows)
+        block = np.asarray(ds[start:stop], dtype=np.float64)
+        bad = ~np.isfinite(block).all(axis=1) & keep[start:stop]
+        if bad.any():
+            row = start + int(np.argmax(bad))
+            raise InputError(
+                f"gradient log {source}: {ds.name.lstrip('/')} is not finite (NaN or inf) in row "
+                f"{row} (iteration {int(iteration[row])}); the run diverged there? Leave those "
+                "rows out with --epoch-range"
+            )
+    raise InputError(f"gradient log {source}: the sums of {ds.name.lstrip('/')} overflow")
 
 
 def _sum_rows(
@@ -542,9 +565,9 @@ def compare_logs(
         raise InputError(f"--db-scale must be 10 or 20, got {db_scale}")
     if labels:
         if len(labels) != len(logs):
-            raise InputError(f"--labels got {len(labels)} names for {len(logs)} runs")
+            raise InputError(f"--label was given {len(labels)} times for {len(logs)} runs")
         if len(set(labels)) != len(labels):
-            raise InputError("--labels must be distinct")
+            raise InputError("--label values must be distinct")
         labels = list(labels)
     else:
         labels = default_labels(logs)

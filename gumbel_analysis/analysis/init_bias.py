@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+import sys
 
 import torch
 from torch import nn
 
+from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses import build_loss
 from gumbel_analysis.math import (
     check_num_classes,
@@ -16,6 +18,9 @@ from gumbel_analysis.math import (
     initial_gradients,
     sigmoid_prior_bias,
 )
+
+#: The largest check: C x (features + 3 x proposals) float64 values (2 GiB).
+MAX_CHECK_ELEMENTS = 2**28
 
 
 def _measure(loss_name: str, num_classes: int, proposals: int, features: int, seed: int, **opts):
@@ -65,11 +70,40 @@ def init_bias_report(
     """
     check_num_classes(num_classes)
     check_temperature(temperature)
-    if proposals < 1 or features < 1:
-        raise ValueError("proposals and features must be positive")
+    for name, value in (("--proposals", proposals), ("--features", features)):
+        if value < 1:
+            raise InputError(f"{name} must be an integer >= 1, got {value}")
+    # The check holds [proposals, C] logits and a [C, features] layer in float64, with grads.
+    elements = num_classes * (features + 3 * proposals)
+    if elements > MAX_CHECK_ELEMENTS:
+        raise InputError(
+            f"--num-classes {num_classes} with --features {features} and --proposals "
+            f"{proposals} needs {elements * 8 / 2**30:.3g} GiB for the check; at most "
+            f"{MAX_CHECK_ELEMENTS * 8 / 2**30:.0f} GiB (C x (features + 3 x proposals) <= "
+            f"{MAX_CHECK_ELEMENTS:.0e}): lower one of them"
+        )
     b = init_bias(num_classes, temperature)
+    if not math.isfinite(b):
+        raise InputError(
+            f"--temperature {temperature:g}: the bias b = -sigma*log(log C) = "
+            f"-{temperature:g} x {math.log(math.log(num_classes)):.4g} overflows float64; "
+            f"use a temperature below {sys.float_info.max / math.log(math.log(num_classes)):.3g}"
+        )
     closed = initial_gradients(num_classes, temperature)
-    measured = _measure("gumbel", num_classes, proposals, features, seed, temperature=temperature)
+    try:
+        measured = _measure(
+            "gumbel", num_classes, proposals, features, seed, temperature=temperature
+        )
+    except (ValueError, OverflowError) as err:  # the loss refuses what overflows its float32
+        raise InputError(
+            f"--temperature {temperature:g} is too small for the check's Gumbel loss: {err}"
+        ) from None
+    if not all(math.isfinite(v) for v in measured.values()):
+        bad = [k for k, v in measured.items() if not math.isfinite(v)]
+        raise InputError(
+            f"--temperature {temperature:g} with --num-classes {num_classes}: the check's "
+            f"{', '.join(bad)} is not finite in float64"
+        )
     sig_b = sigmoid_prior_bias(num_classes)
     sig_measured = _measure(
         "sigmoid", num_classes, proposals, features, seed, prior_prob=1.0 / num_classes

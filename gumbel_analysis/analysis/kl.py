@@ -210,9 +210,16 @@ class KLComparison:
 
 
 def smoothed(mass: np.ndarray, eps: float) -> np.ndarray:
-    """``(mass + eps) / sum(mass + eps)`` along the last axis."""
-    mass = np.asarray(mass, dtype=np.float64) + eps
-    return mass / mass.sum(axis=-1, keepdims=True)
+    """``(mass + eps) / sum(mass + eps)`` along the last axis.
+
+    Computed as ``(mass/m + eps/m) / sum(mass/m + eps/m)`` with ``m`` the largest mass (1 when
+    all are 0), the same value, so that scores near the float64 maximum cannot overflow the sum.
+    """
+    mass = np.asarray(mass, dtype=np.float64)
+    m = mass.max(axis=-1, keepdims=True) if mass.size else np.ones((*mass.shape[:-1], 1))
+    m = np.where(m > 0, m, 1.0)
+    scaled = mass / m + eps / m
+    return scaled / scaled.sum(axis=-1, keepdims=True)
 
 
 def kl_divergence(target: np.ndarray, predicted: np.ndarray, base: str = "e") -> np.ndarray:
@@ -374,30 +381,48 @@ def evaluate_run(
     weights = np.ones(len(rows)) if options.count else det.score[on_target]
 
     detections_per_row = np.bincount(rows, minlength=R)
-    row_total = np.bincount(rows, weights=weights, minlength=R)
+    # Each row's masses divided by its largest (p_c is unchanged when eps is divided too): sums
+    # of scores near the float64 maximum would overflow to inf and make p_c NaN.
+    row_max = np.zeros(R)
+    np.maximum.at(row_max, rows, weights)
+    row_max[row_max <= 0] = 1.0
+    scaled = weights / row_max[rows]
+    row_total = np.bincount(rows, weights=scaled, minlength=R)
     key = rows * C + categories
     pos = np.searchsorted(gt.pair_key, key)
     np.minimum(pos, len(gt.pair_key) - 1, out=pos)
     hit = gt.pair_key[pos] == key
-    pair_mass = np.bincount(pos[hit], weights=weights[hit], minlength=len(gt.pair_key))
+    pair_mass = np.bincount(pos[hit], weights=scaled[hit], minlength=len(gt.pair_key))
 
     target = gt.pair_count / gt.target_total[gt.pair_row]
-    predicted = (pair_mass + eps) / (row_total[gt.pair_row] + C * eps)
+    # log p_c = log(s_c + eps) - log(S + C eps), with s_c = M m_c for the row's largest mass M:
+    # in logs, neither a sum near the float64 maximum nor an eps / M below its minimum is lost.
+    log_m = np.log(row_max[gt.pair_row])
+    with np.errstate(divide="ignore"):  # log 0 = -inf: no detection of the pair
+        log_num = np.logaddexp(np.log(pair_mass) + log_m, math.log(eps))
+        log_den = np.logaddexp(np.log(row_total[gt.pair_row]) + log_m, math.log(C) + math.log(eps))
     log_base = LOG_BASES[options.base]
-    kl = np.bincount(gt.pair_row, weights=rel_entr(target, predicted), minlength=R) / log_base
+    terms = target * (np.log(target) - (log_num - log_den))  # target > 0 for every pair
+    kl = np.bincount(gt.pair_row, weights=terms, minlength=R) / log_base
 
     target_hist = gt.target_histogram()
-    predicted_hist = np.bincount(categories, weights=weights, minlength=C)
+    top = float(weights.max()) if len(weights) else 1.0
+    top = top if top > 0 else 1.0
+    # In units of the largest score (eps too): the same p_c, without overflow.
+    predicted_hist = np.bincount(categories, weights=weights / top, minlength=C)
+    eps_hist = eps / top
     dataset_kl = float(
-        kl_divergence(target_hist / target_hist.sum(), smoothed(predicted_hist, eps), options.base)
+        kl_divergence(
+            target_hist / target_hist.sum(), smoothed(predicted_hist, eps_hist), options.base
+        )
     )
 
     chosen_rows = np.empty(0, dtype=np.int64) if chosen_rows is None else chosen_rows
     chosen_predicted = np.empty((len(chosen_rows), C))
     for i, row in enumerate(chosen_rows):
         sel = rows == row
-        mass = np.bincount(categories[sel], weights=weights[sel], minlength=C)
-        chosen_predicted[i] = smoothed(mass, eps)
+        mass = np.bincount(categories[sel], weights=scaled[sel], minlength=C)
+        chosen_predicted[i] = smoothed(mass, eps / row_max[row])
 
     summary = {
         "label": label,
@@ -435,11 +460,11 @@ def run_labels(paths: Sequence[str | os.PathLike], labels: Sequence[str] | None)
     if labels:
         if len(labels) != len(paths):
             raise InputError(
-                f"--labels gave {len(labels)} labels for {len(paths)} results files; "
+                f"--label was given {len(labels)} times for {len(paths)} results files; "
                 "give one per file"
             )
         if len(set(labels)) != len(labels):
-            raise InputError("--labels must be distinct")
+            raise InputError("--label values must be distinct")
         return list(labels)
     stems = [Path(p).stem for p in paths]
     return [s if stems.count(s) == 1 else f"{s}#{i + 1}" for i, s in enumerate(stems)]
@@ -460,12 +485,12 @@ def compare_runs(
     if not result_paths:
         raise InputError("give at least one results file")
     names = run_labels(result_paths, labels)
-    for p in result_paths:
+    for what, p in [*(("results file", p) for p in result_paths), ("--gt file", gt_path)]:
+        if Path(p).is_dir():
+            raise InputError(f"{what} {p} is a folder, not a file")
         if not Path(p).is_file():
-            raise InputError(f"results file not found: {p}")
+            raise InputError(f"{what} not found: {p}")
     gt_path = Path(gt_path)
-    if not gt_path.is_file():
-        raise InputError(f"annotation file not found: {gt_path}")
     track = progress or (lambda _description, _total: None)
     advance = track("ground truth", gt_path.stat().st_size)
     data = load_lvis_json(gt_path)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import numpy as np
 import torch
 
 from gumbel_analysis.analysis.plots import apply_style, save_figure
+from gumbel_analysis.errors import InputError
 from gumbel_analysis.math import check_clip_range, check_temperature, cutoff_error, eta
 from gumbel_analysis.paper import PAPER_SIGMAS  # noqa: F401 - re-export
 
@@ -19,8 +21,31 @@ def cutoff_table(sigmas: Sequence[float], low: float, high: float) -> list[dict[
     """One :func:`gumbel_analysis.math.cutoff_error` row per temperature."""
     check_clip_range(low, high)
     if not sigmas:
-        raise ValueError("give at least one temperature")
+        raise InputError("give at least one temperature")
+    for s in sigmas:
+        check_representable(low, s)
+        if not math.isfinite(high / s):
+            raise InputError(
+                f"--clip high {high:g} with --sigma {s:g}: high / sigma overflows float64"
+            )
     return [cutoff_error(low, high, s) for s in sigmas]
+
+
+#: The largest ``x`` with ``exp(x)`` finite in float64.
+_EXP_MAX = math.log(sys.float_info.max)
+
+
+def check_representable(low: float, sigma: float) -> None:
+    """The bottom error ``eta(low) = exp(-exp(-low / sigma))`` is reported by its log10,
+    ``-exp(-low / sigma) / ln 10``, which float64 holds while ``-low / sigma <= 709.78``; past
+    that even the logarithm is out of range, so say so in one line instead of printing -inf."""
+    check_temperature(sigma)
+    if -low / sigma > _EXP_MAX:
+        raise InputError(
+            f"--clip low {low:g} with --sigma {sigma:g}: log10 eta(low) = -exp({-low / sigma:.4g})"
+            f" / ln 10 is beyond float64; use low >= {-_EXP_MAX * sigma:.6g} or sigma >= "
+            f"{-low / _EXP_MAX:.4g}"
+        )
 
 
 def plot_temperature(

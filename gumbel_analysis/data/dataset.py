@@ -58,9 +58,8 @@ class LVISDetection(torch.utils.data.Dataset):
         self.images = sorted(data["images"], key=lambda im: int(im["id"]))
         self.image_ids = [int(im["id"]) for im in self.images]
         self.paths = [image_path(self.image_root, im) for im in self.images]
-        for path, image_id in zip(self.paths, self.image_ids, strict=True):
-            if not os.path.isfile(path):
-                raise InputError(f"image file not found: {path} (image {image_id})")
+        for path, image in zip(self.paths, self.images, strict=True):
+            _check_image_header(path, image)
 
         # Own references to the annotation parts: LVISEval later replaces ann["segmentation"]
         # by RLE in the dicts it is given, which must not change what this dataset returns.
@@ -85,7 +84,14 @@ class LVISDetection(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.image_ids)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, dict]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, dict]:
+        """Image ``i`` and its target; ``key`` is ``i`` or ``(i, seed)``.
+
+        With a seed the random flip is drawn from a generator seeded with it (the training loop
+        gives every sample of an epoch its own seed, so the flips do not depend on the worker
+        that loads it); with ``i`` alone from torch's global RNG.
+        """
+        i, seed = (key, None) if not isinstance(key, tuple) else key
         image = self._read_image(i)
         height, width = image.shape[1:]
         anns = self._targets[i]
@@ -101,7 +107,8 @@ class LVISDetection(torch.utils.data.Dataset):
             "area": torch.tensor([a[3] for a in anns], dtype=torch.float32),
             "iscrowd": torch.tensor([a[4] for a in anns], dtype=torch.int64),
         }
-        if self.hflip_prob > 0 and torch.rand(()).item() < self.hflip_prob:
+        gen = None if seed is None else torch.Generator().manual_seed(int(seed))
+        if self.hflip_prob > 0 and torch.rand((), generator=gen).item() < self.hflip_prob:
             image, target = _hflip(image, target)
         return image, target
 
@@ -113,8 +120,11 @@ class LVISDetection(torch.utils.data.Dataset):
         try:
             with Image.open(self.paths[i]) as im:
                 pixels = np.asarray(im.convert("RGB"))
-        except OSError as err:
-            raise InputError(f"cannot read image {self.paths[i]}: {err}") from None
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for a damaged file
+            raise InputError(
+                f"cannot read image {self.paths[i]} (image {self.image_ids[i]}): "
+                f"{_short_cause(err, self.paths[i])}"
+            ) from None
         image = self.images[i]
         if pixels.shape[:2] != (int(image["height"]), int(image["width"])):
             raise InputError(
@@ -126,6 +136,33 @@ class LVISDetection(torch.utils.data.Dataset):
     def image_categories(self) -> list[set[int]]:
         """The labels present in each image (dataset order), for repeat factors."""
         return [{a[1] for a in anns} for anns in self._targets]
+
+
+def _check_image_header(path: Path, image: dict) -> None:
+    """The file exists, is an image PIL can identify, and has the annotated size: only the
+    header is read, so a corrupt file is named at load, not by a worker in the middle of a run."""
+    if not os.path.isfile(path):
+        what = "is a folder, not an image file" if os.path.isdir(path) else "not found"
+        raise InputError(f"image file {what}: {path} (image {image['id']})")
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except (OSError, ValueError, SyntaxError) as err:
+        raise InputError(
+            f"cannot read image {path} (image {image['id']}): {_short_cause(err, path)}"
+        ) from None
+    if (height, width) != (int(image["height"]), int(image["width"])):
+        raise InputError(
+            f"image {path} (image {image['id']}) is {width}x{height}, the annotation file says "
+            f"{image['width']}x{image['height']}"
+        )
+
+
+def _short_cause(err: Exception, path: Path) -> str:
+    """PIL's reason without the path it repeats: 'cannot identify image file', 'truncated'."""
+    text = str(err).replace(repr(str(path)), "").replace(str(path), "").strip(" :'\"")
+    text = " ".join(text.split())
+    return (text or type(err).__name__)[:120]
 
 
 def _decode(segmentation: list | dict, height: int, width: int) -> np.ndarray:

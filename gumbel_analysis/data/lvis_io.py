@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +32,8 @@ def read_json(
     """``json.load`` with one clear :class:`InputError` for a missing, truncated or binary file
     (``what`` names the file in the message)."""
     path = Path(path)
+    if path.is_dir():
+        raise InputError(f"{what} {path} is a folder, not a file")
     if not path.is_file():
         raise InputError(f"{what} not found: {path}")
     try:
@@ -77,6 +80,55 @@ def validate_lvis(data: Any, source: str = "annotation file") -> None:
             raise InputError(f"{source}: annotation {ann['id']} has unknown image id {iid}")
         if not (isinstance(bbox, list) and len(bbox) == 4):
             raise InputError(f"{source}: annotation {ann['id']} has a malformed bbox")
+        _check_annotation_values(ann, source)
+
+
+def _finite_numbers(values: Any) -> bool:
+    try:
+        return all(
+            not isinstance(v, bool) and isinstance(v, int | float) and math.isfinite(v)
+            for v in values
+        )
+    except TypeError:
+        return False
+
+
+def _check_annotation_values(ann: dict, source: str) -> None:
+    """Boxes, areas and segmentations hold finite numbers of the right shape, so a bad value is
+    named here by file and annotation id, not found later as a non-finite training loss."""
+    aid, bbox = ann["id"], ann["bbox"]
+    if not _finite_numbers(bbox):
+        raise InputError(f"{source}: annotation {aid} has a non-finite or non-numeric bbox {bbox}")
+    if bbox[2] < 0 or bbox[3] < 0:
+        raise InputError(f"{source}: annotation {aid} has a negative bbox width or height {bbox}")
+    if "area" in ann and not (_finite_numbers([ann["area"]]) and ann["area"] >= 0):
+        raise InputError(f"{source}: annotation {aid} has an invalid area {ann['area']!r}")
+    if "segmentation" not in ann:
+        return
+    seg = ann["segmentation"]
+    if isinstance(seg, list):
+        for poly in seg:
+            if not isinstance(poly, list) or len(poly) % 2 or not _finite_numbers(poly):
+                raise InputError(
+                    f"{source}: annotation {aid} has a malformed polygon (a polygon is a list of "
+                    "finite x, y pairs)"
+                )
+    elif isinstance(seg, dict):
+        size = seg.get("size")
+        if (
+            "counts" not in seg
+            or not isinstance(size, list)
+            or len(size) != 2
+            or not all(isinstance(v, int) and v >= 0 for v in size)
+        ):
+            raise InputError(
+                f"{source}: annotation {aid} has a malformed RLE segmentation (needs counts and "
+                "size [height, width])"
+            )
+    else:
+        raise InputError(
+            f"{source}: annotation {aid} has a segmentation that is neither polygons nor RLE"
+        )
 
 
 def load_lvis_json(path: str | os.PathLike) -> dict:

@@ -108,15 +108,17 @@ class SyntheticSpec:
     def check(self) -> None:
         """Raise InputError for parameters that cannot make a dataset with all three groups."""
         if not 3 <= self.classes <= MAX_CLASSES:
-            raise InputError(f"classes must be in 3..{MAX_CLASSES}, got {self.classes}")
+            raise InputError(f"--classes must be in 3..{MAX_CLASSES}, got {self.classes}")
         if self.train_images < 20:
-            raise InputError(f"train images must be at least 20, got {self.train_images}")
+            raise InputError(
+                f"--images (training images) must be at least 20, got {self.train_images}"
+            )
         if self.val_images < 1:
-            raise InputError(f"val images must be at least 1, got {self.val_images}")
+            raise InputError(f"--val-images must be at least 1, got {self.val_images}")
         if not 32 <= self.size <= 1024:
-            raise InputError(f"image size must be in 32..1024 pixels, got {self.size}")
+            raise InputError(f"--size must be in 32..1024 pixels, got {self.size}")
         if self.seed < 0:
-            raise InputError(f"seed must be non-negative, got {self.seed}")
+            raise InputError(f"--seed must be non-negative, got {self.seed}")
 
 
 def frequency_thresholds(train_images: int) -> tuple[int, int]:

@@ -65,6 +65,8 @@ def data_paths(data: str | None) -> DataPaths:
     ``train2017/...jpg`` resolve). ``None``: the embedded synthetic dataset, made once and cached.
     """
     root = ensure_synthetic(default_cache_root(), SyntheticSpec()) if data is None else Path(data)
+    if root.is_file():
+        raise InputError(f"--data {root} is a file; give the LVIS-format folder")
     if not root.is_dir():
         raise InputError(f"data folder not found: {root}")
     ann = root / "annotations"

@@ -37,7 +37,7 @@ class LossOption:
 
     @property
     def cli_flag(self) -> str:
-        return self.flag or "--" + self.name.rstrip("_").replace("_", "-")
+        return self.flag or flag_of(self.name)
 
     def range_text(self) -> str:
         if self.kind == "choice":
@@ -90,11 +90,12 @@ def check_options(
     by_name = {o.name: o for o in declared}
     unknown = sorted(set(values) - set(by_name))
     if unknown:
-        flags = ", ".join(_flag_of(name) for name in unknown)
+        flags = ", ".join(flag_of(name) for name in unknown)
         known = ", ".join(o.cli_flag for o in declared) or "none"
         raise InputError(f"{flags} does not apply to {owner} (its options: {known})")
     return {o.name: o.check(values.get(o.name, o.default)) for o in declared}
 
 
-def _flag_of(name: str) -> str:
+def flag_of(name: str) -> str:
+    """The command-line flag of an option name: ``lambda_`` -> ``--lambda``."""
     return "--" + name.rstrip("_").replace("_", "-")
