@@ -2,7 +2,6 @@
 paper's formula (ACSL, Federated Loss, EQLv2, Seesaw; EQL/DropLoss/GOL are in test_gol.py)."""
 
 import math
-import os
 
 import pytest
 import torch
@@ -335,7 +334,6 @@ def test_statistics_over_two_gloo_ranks_equal_one_process(name, tmp_path):
     logits = torch.stack([s[0] for s in steps])
     labels = torch.stack([s[1] for s in steps])
     out = tmp_path / "state.pt"
-    os.environ.setdefault("OMP_NUM_THREADS", "1")
     mp.spawn(
         _rank_statistics,
         args=(2, tmp_path / "init", name, logits, labels, out),
