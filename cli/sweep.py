@@ -16,7 +16,18 @@ from gumbel_analysis.cli.common import (
     print_json,
     reports_input_errors,
 )
-from gumbel_analysis.cli.train import PresetName, SamplerName, Schedule
+from gumbel_analysis.cli.training_options import (
+    BatchSizeOption,
+    CheckpointEveryOption,
+    DeviceOption,
+    EpochsOption,
+    GradLogOption,
+    MaxItersOption,
+    PresetOption,
+    SamplerName,
+    ScheduleOption,
+    WorkersOption,
+)
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.paper import PAPER_SIGMAS
 
@@ -42,7 +53,7 @@ def sweep(
         Path | None,
         typer.Option(help="LVIS-format folder, as for gumbel train. Default: the embedded data."),
     ] = None,
-    preset: Annotated[PresetName | None, typer.Option(help="Model preset. Default: tiny.")] = None,
+    preset: PresetOption = None,
     loss: Annotated[
         str,
         typer.Option(
@@ -59,19 +70,14 @@ def sweep(
     sampler: Annotated[
         SamplerName | None, typer.Option(help="random (the paper's Fig. 1.ii) or rfs.")
     ] = None,
-    schedule: Annotated[Schedule | None, typer.Option(help="1x (12 epochs) or 2x (24).")] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (the tiny preset: 12).")] = None,
-    max_iters: Annotated[int | None, typer.Option(help="Stop after this many iterations.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per process.")] = None,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data loader workers.")] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option(help="Also checkpoint every N iterations (0: per epoch only).")
-    ] = None,
-    grad_log: Annotated[
-        bool | None,
-        typer.Option("--grad-log/--no-grad-log", help="Record per-class gradients to HDF5."),
-    ] = None,
+    schedule: ScheduleOption = None,
+    epochs: EpochsOption = None,
+    max_iters: MaxItersOption = None,
+    batch_size: BatchSizeOption = None,
+    device: DeviceOption = None,
+    workers: WorkersOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
+    grad_log: GradLogOption = None,
     plot: Annotated[
         Path | None,
         typer.Option(

@@ -19,25 +19,26 @@ from gumbel_analysis.cli.common import (
     print_json,
     reports_input_errors,
 )
+from gumbel_analysis.cli.training_options import (
+    BatchSizeOption,
+    CheckpointEveryOption,
+    DataOption,
+    DeviceOption,
+    EpochsOption,
+    GradLogOption,
+    MaxItersOption,
+    PresetOption,
+    SamplerOption,
+    ScheduleOption,
+    WorkersOption,
+)
 from gumbel_analysis.engine.config import (
-    PRESET_DEFAULTS,
     TrainConfig,
     load_config_file,
     merge_loss_options,
 )
 
-PresetName = StrEnum("PresetName", {p: p for p in PRESET_DEFAULTS})
 LOSS_PANEL = "Loss options (each applies to the losses that declare it)"
-
-
-class SamplerName(StrEnum):
-    random = "random"
-    rfs = "rfs"
-
-
-class Schedule(StrEnum):
-    x1 = "1x"
-    x2 = "2x"
 
 
 @reports_input_errors
@@ -45,23 +46,15 @@ def train(
     config: Annotated[
         Path | None, typer.Option("--config", help="JSON or TOML file of TrainConfig fields.")
     ] = None,
-    data: Annotated[
-        Path | None,
-        typer.Option(
-            help="LVIS-format folder (annotations/lvis_v1_train.json, lvis_v1_val.json, images). "
-            "Default: the embedded synthetic long-tailed dataset, made and cached on first use."
-        ),
-    ] = None,
-    preset: Annotated[PresetName | None, typer.Option(help="Model preset. Default: tiny.")] = None,
+    data: DataOption = None,
+    preset: PresetOption = None,
     enh: Annotated[
         bool | None, typer.Option("--enh/--no-enh", help="Test NMS 0.3 and a normalised mask head.")
     ] = None,
-    sampler: Annotated[
-        SamplerName | None, typer.Option(help="random or rfs (repeat factors).")
-    ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (the tiny preset: 12).")] = None,
-    schedule: Annotated[Schedule | None, typer.Option(help="1x (12 epochs) or 2x (24).")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per process.")] = None,
+    sampler: SamplerOption = None,
+    epochs: EpochsOption = None,
+    schedule: ScheduleOption = None,
+    batch_size: BatchSizeOption = None,
     lr: Annotated[
         float | None,
         typer.Option(
@@ -83,16 +76,11 @@ def train(
             "differs from the saved config is refused."
         ),
     ] = False,
-    device: Annotated[str | None, typer.Option(help="cpu, cuda or auto.")] = None,
-    workers: Annotated[int | None, typer.Option(help="Data loader workers.")] = None,
-    max_iters: Annotated[int | None, typer.Option(help="Stop after this many iterations.")] = None,
-    checkpoint_every: Annotated[
-        int | None, typer.Option(help="Also checkpoint every N iterations (0: per epoch only).")
-    ] = None,
-    grad_log: Annotated[
-        bool | None,
-        typer.Option("--grad-log/--no-grad-log", help="Record per-class gradients to HDF5."),
-    ] = None,
+    device: DeviceOption = None,
+    workers: WorkersOption = None,
+    max_iters: MaxItersOption = None,
+    checkpoint_every: CheckpointEveryOption = None,
+    grad_log: GradLogOption = None,
     grad_every: Annotated[int | None, typer.Option(help="Iterations per gradient-log row.")] = None,
     evaluate: Annotated[
         bool | None, typer.Option("--eval/--no-eval", help="Evaluate at the end.")
