@@ -309,11 +309,11 @@ def test_half_precision_is_divided_by_sigma_in_float32(dtype):
 # --- Across ranks ----------------------------------------------------------------------------
 
 
-def _rank_statistics(rank, world, init_file, name, logits, labels, out):
+def _rank_statistics(rank, world, init_file, name, activation, logits, labels, out):
     import torch.distributed as dist
 
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    loss = build_loss(name, C, activation="sigmoid" if name == "eqlv2" else None)
+    loss = build_loss(name, C, activation=activation)
     loss.train()
     half = logits.shape[1] // world  # logits: [steps, N, K]
     for step in range(2):
@@ -325,8 +325,10 @@ def _rank_statistics(rank, world, init_file, name, logits, labels, out):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["eqlv2", "seesaw"])
-def test_statistics_over_two_gloo_ranks_equal_one_process(name, tmp_path):
+@pytest.mark.parametrize(
+    ("name", "activation"), [("eqlv2", "sigmoid"), ("eqlv2", "gumbel"), ("seesaw", None)]
+)
+def test_statistics_over_two_gloo_ranks_equal_one_process(name, activation, tmp_path):
     import torch.multiprocessing as mp
 
     k = C + 2 if name == "seesaw" else C + 1
@@ -336,11 +338,11 @@ def test_statistics_over_two_gloo_ranks_equal_one_process(name, tmp_path):
     out = tmp_path / "state.pt"
     mp.spawn(
         _rank_statistics,
-        args=(2, tmp_path / "init", name, logits, labels, out),
+        args=(2, tmp_path / "init", name, activation, logits, labels, out),
         nprocs=2,
         join=True,
     )
-    together = build_loss(name, C, activation="sigmoid" if name == "eqlv2" else None)
+    together = build_loss(name, C, activation=activation)
     together.train()
     for step in range(2):
         together(logits[step], labels[step])

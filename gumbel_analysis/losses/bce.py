@@ -78,6 +78,16 @@ class WeightedBCE(ClassificationLoss):
         return EntryWeights()
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return self.weighted_loss(logits, labels)
+
+    def weighted_loss(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        gradient_sink: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Eq. 4 with the method's weights; ``gradient_sink`` as in
+        :meth:`ElementwiseBCE.loss`."""
         self.check_inputs(logits, labels)
         labels = labels.long()
         with torch.no_grad():
@@ -85,7 +95,7 @@ class WeightedBCE(ClassificationLoss):
         n, k = logits.shape
         # Kept for the gradient recorder, which counts only the negatives the loss kept.
         self.last_weights = None if weights.entries is None else weights.entries.expand(n, k)
-        return self.elementwise.loss(logits, labels, weights, self.with_background)
+        return self.elementwise.loss(logits, labels, weights, self.with_background, gradient_sink)
 
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return self.elementwise.probabilities(logits)[:, : self.num_classes]

@@ -103,7 +103,16 @@ class ElementwiseBCE:
 
     activation: Activation
 
-    def loss(self, logits, labels, weights: EntryWeights, with_background: bool) -> torch.Tensor:
+    def loss(
+        self,
+        logits,
+        labels,
+        weights: EntryWeights,
+        with_background: bool,
+        gradient_sink: list[torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """The weighted loss; where the activation computes its gradient in the forward pass
+        (Gumbel), ``gradient_sink`` receives it ([N, K], weights and 1/N included)."""
         raise NotImplementedError
 
     def probabilities(self, logits: torch.Tensor) -> torch.Tensor:
@@ -134,26 +143,21 @@ class SigmoidElementwise(ElementwiseBCE):
 
     activation = Activation.SIGMOID
 
-    def loss(self, logits, labels, weights, with_background):
+    def loss(self, logits, labels, weights, with_background, gradient_sink=None):
         q = _compute(logits)
         n, k = q.shape
         target = one_hot_targets(labels, k, with_background).to(q.dtype)
-        w, pos_weight = weights.entries, None
-        per_column = weights.positive_columns is not None and (
-            w is not None and w.shape[0] == 1 and w.dtype != torch.bool and bool((w > 0).all())
-        )
-        if per_column:
-            # Per-column weights on both terms: BCE's pos_weight multiplies the positive term,
-            # so pos_weight = r / w gives the positives their own weight r without a dense copy.
+        w = weights.entries
+        positive = weights.positive_rows(labels, k, with_background)
+        if w is not None:
             w = w.to(q.dtype)
-            pos_weight = weights.positive_columns.to(q.dtype) / w[0]
-        elif weights.positive is not None or weights.positive_columns is not None:
-            w = weights.dense(n, k, labels, with_background, q.dtype)
-        elif w is not None:
-            w = w.to(q.dtype)
-        total = F.binary_cross_entropy_with_logits(
-            q, target, weight=w, pos_weight=pos_weight, reduction="sum"
-        )
+        total = F.binary_cross_entropy_with_logits(q, target, weight=w, reduction="sum")
+        if positive is not None:
+            # The positives' own weight: replace their weight there by a correction on the
+            # gathered [P] entries, instead of a dense [N, K] weight.
+            rows, cols = positive_index(labels, k, with_background)
+            there = 1.0 if w is None else w.expand(n, k)[rows, cols]
+            total = total + ((positive.to(q.dtype) - there) * F.softplus(-q[rows, cols])).sum()
         return total / max(n, 1)
 
     def probabilities(self, logits):
@@ -196,7 +200,7 @@ class GumbelElementwise(ElementwiseBCE):
         # EQL code does not, so the weighted methods switch it off in ``paper`` mode.
         self.clamp_loss = clamp_loss
 
-    def loss(self, logits, labels, weights, with_background):
+    def loss(self, logits, labels, weights, with_background, gradient_sink=None):
         return gumbel_bce(
             logits,
             labels,
@@ -208,6 +212,7 @@ class GumbelElementwise(ElementwiseBCE):
             positive_weight=weights.positive_rows(labels, logits.shape[1], with_background),
             with_background=with_background,
             clamp_loss=self.clamp_loss,
+            gradient_sink=gradient_sink,
         )
 
     def probabilities(self, logits):

@@ -225,7 +225,7 @@ def positive_index(
 
 class _GumbelBCEFunction(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits, labels, weight, positive_weight, sigma, low, with_background):
+    def forward(ctx, logits, labels, weight, positive_weight, sigma, low, with_background, sink):
         n = logits.shape[0]
         scale = 1.0 / max(n, 1)
         rows, cols = positive_index(labels, logits.shape[1], with_background)
@@ -245,12 +245,14 @@ class _GumbelBCEFunction(torch.autograd.Function):
             grad[rows, cols] = wp * pos_grad * scale
         ctx.save_for_backward(grad)
         ctx.input_dtype = logits.dtype
+        if sink is not None:
+            sink.append(grad)
         return (total * scale).to(torch.float32 if logits.dtype != torch.float64 else torch.float64)
 
     @staticmethod
     def backward(ctx, grad_output):
         (grad,) = ctx.saved_tensors
-        return (grad * grad_output).to(ctx.input_dtype), None, None, None, None, None, None
+        return (grad * grad_output).to(ctx.input_dtype), None, None, None, None, None, None, None
 
 
 def gumbel_bce(
@@ -265,6 +267,7 @@ def gumbel_bce(
     positive_weight: torch.Tensor | None = None,
     with_background: bool = True,
     clamp_loss: bool = True,
+    gradient_sink: list[torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Gumbel binary cross-entropy, summed over classes and averaged over proposals (Eq. 3, 4).
 
@@ -283,6 +286,9 @@ def gumbel_bce(
             :func:`positive_index`), replacing ``weight`` there (EQLv2's positive weights).
         clamp_loss: ``paper`` mode only: clamp the reduced loss to [0, 20] as the authors' plain
             Gumbel loss does (their DropLoss/EQL code does not).
+        gradient_sink: ``stable``/``none`` modes: a list that receives the [N, K] gradient of the
+            returned loss w.r.t. the logits, weights and 1/N included, which the forward pass
+            computes anyway (EQLv2's statistics read it instead of recomputing it).
 
     Returns:
         A 0-dim float32 tensor (float64 for float64 logits).
@@ -343,6 +349,7 @@ def gumbel_bce(
             float(temperature),
             low if mode is GumbelMode.STABLE else None,
             with_background,
+            gradient_sink,
         )
 
 

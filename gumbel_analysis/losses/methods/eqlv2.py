@@ -89,27 +89,41 @@ class EQLv2(WeightedBCE):
         return EntryWeights(neg[None, :].float(), positive_columns=pos.float())
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        loss = super().forward(logits, labels)
+        # The Gumbel kernel hands over the gradient it computes anyway: the statistics are then
+        # one column sum of it, not a second pass of the activation's derivative.
+        sink: list[torch.Tensor] | None = [] if self.training else None
+        loss = self.weighted_loss(logits, labels, sink)
         if self.training:
-            self.collect(logits.detach(), labels.long())
+            self.collect(logits.detach(), labels.long(), sink[0] if sink else None)
         return loss
 
     @torch.no_grad()
-    def collect(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
+    def collect(
+        self, logits: torch.Tensor, labels: torch.Tensor, grad: torch.Tensor | None = None
+    ) -> None:
         """Add this batch's weighted gradient magnitudes to ``P`` and ``N`` (all ranks).
 
-        ``N_j = q_j (sum_i g-(q_ij) - sum_{i: y_ij = 1} g-(q_ij))``: one pass over the [N, K]
+        ``grad``: the loss's own gradient w.r.t. the logits ([N, K], weights and 1/N included;
+        positives' entries negative, negatives' non-negative), when the activation provides it.
+        Else ``N_j = q_j (sum_i g-(q_ij) - sum_{i: y_ij = 1} g-(q_ij))``: one pass over the
         logits for the negative magnitudes ``g-``, the positives on their gathered values.
         """
-        c = self.num_classes
-        neg, pos = self.class_weights()
+        c, n = self.num_classes, logits.shape[0]
         rows, cols = positive_index(labels, logits.shape[1], True)
-        g_neg = self.elementwise.negative_gradients(logits)
-        column = g_neg.sum(0, dtype=torch.float64)
-        column.index_add_(0, cols, g_neg[rows, cols].double(), alpha=-1.0)
-        g_pos = self.elementwise.positive_gradients(logits[rows, cols]).double()
-        pos_sum = torch.zeros_like(column).index_add_(0, cols, g_pos) * pos
-        both = all_reduce_sum(torch.stack([pos_sum[:c], (column * neg)[:c]]))
+        if grad is not None:
+            pos_mag = -grad[rows, cols].double() * n
+            pos_sum = torch.zeros(grad.shape[1], dtype=torch.float64, device=grad.device)
+            pos_sum.index_add_(0, cols, pos_mag)
+            neg_sum = grad.sum(0, dtype=torch.float64) * n + pos_sum
+        else:
+            neg, pos = self.class_weights()
+            g_neg = self.elementwise.negative_gradients(logits)
+            column = g_neg.sum(0, dtype=torch.float64)
+            column.index_add_(0, cols, g_neg[rows, cols].double(), alpha=-1.0)
+            g_pos = self.elementwise.positive_gradients(logits[rows, cols]).double()
+            pos_sum = torch.zeros_like(column).index_add_(0, cols, g_pos) * pos
+            neg_sum = column * neg
+        both = all_reduce_sum(torch.stack([pos_sum[:c], neg_sum[:c]]))
         self.pos_grad += both[0]
         self.neg_grad += both[1]
         self.updates += 1
