@@ -167,7 +167,9 @@ def train(
     if as_json:
         print_json({"run": cfg.out, **metrics})
         return
-    console.print(metrics_table(metrics, f"{cfg.loss} on {cfg.preset}: LVIS metrics (val)"))
+    activation = metrics.get("activation")
+    label = f"{cfg.loss}/{activation}" if activation and activation != cfg.loss else cfg.loss
+    console.print(metrics_table(metrics, f"{label} on {cfg.preset}: LVIS metrics (val)"))
     console.print(f"run folder: {cfg.out}")
 
 

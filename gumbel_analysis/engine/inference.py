@@ -299,6 +299,7 @@ def evaluate_run(
         return None
     metrics = {
         "loss": cfg.loss,
+        "activation": cfg.activation,
         "preset": cfg.preset,
         "data": cfg.data,
         "score_threshold": settings["score_threshold"],
