@@ -73,21 +73,15 @@ def cases(rows: int, classes: int, device: torch.device, labels: torch.Tensor):
         for method in ("bce", *METHODS):
             loss = build_loss(method, c, freq, groups, activation=activation).to(device).train()
             plain = "" if method == "bce" else f"bce / {activation}"
-            out[f"{method} / {activation}"] = (_sliced(loss), plain)
+            out[f"{method} / {activation}"] = (_sliced(loss, labels), plain)
     seesaw = build_loss("seesaw", c).to(device).train()
-    out["seesaw / softmax"] = (_sliced(seesaw), "softmax cross-entropy")
+    out["seesaw / softmax"] = (_sliced(seesaw, labels), "softmax cross-entropy")
     return out
 
 
-def _sliced(loss):
-    return lambda q: loss(q[:, : loss.num_outputs], labels_of(q))
-
-
-_LABELS: dict[int, torch.Tensor] = {}
-
-
-def labels_of(q: torch.Tensor) -> torch.Tensor:
-    return _LABELS[q.shape[0]]
+def _sliced(loss, labels):
+    """The loss on its own columns of the shared logits."""
+    return lambda q: loss(q[:, : loss.num_outputs], labels)
 
 
 def time_case(fn, logits, repeats: int, device: torch.device) -> float:
@@ -139,7 +133,6 @@ def main() -> None:
     labels = torch.randint(0, args.classes - 1, (args.rows,), generator=gen)
     labels[torch.rand(args.rows, generator=gen) > 0.25] = args.classes - 1
     labels = labels.to(device)
-    _LABELS[args.rows] = labels
     results = {}
     plain_of = {}
     for name, (fn, plain) in cases(args.rows, args.classes, device, labels).items():

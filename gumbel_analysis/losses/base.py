@@ -16,6 +16,11 @@ from torch import nn
 from gumbel_analysis.losses.options import LossOption
 
 
+def compute_dtype(logits: torch.Tensor) -> torch.Tensor:
+    """Half precision is computed in float32; float32 and float64 stay as they are."""
+    return logits if logits.dtype == torch.float64 else logits.float()
+
+
 class ClassificationLoss(nn.Module):
     """Base class: ``C`` foreground classes, logits with ``C + 1`` or ``C`` columns.
 

@@ -20,7 +20,6 @@ from gumbel_analysis.losses.elementwise import (
     EntryWeights,
     make_elementwise,
 )
-from gumbel_analysis.losses.gumbel import one_hot_targets
 from gumbel_analysis.math import check_temperature
 
 #: The usual prior of sigmoid classifiers (focal loss, detectron2/mmdetection): sigmoid(b) = 0.01.
@@ -104,10 +103,6 @@ class WeightedBCE(ClassificationLoss):
         # Gumbel's bias counts the background whether or not the layout has a column for it
         # (Sec. 1.1: C = 1204 on LVIS v1).
         self.elementwise.init_classifier(layer, self.num_classes + 1, self.sigmoid_prior)
-
-    def targets(self, labels: torch.Tensor, num_columns: int) -> torch.Tensor:
-        """Dense 0/1 float targets [N, K] of this layout."""
-        return one_hot_targets(labels, num_columns, self.with_background).float()
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, activation={self.elementwise.describe()}"

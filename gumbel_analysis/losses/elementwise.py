@@ -16,6 +16,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from gumbel_analysis.losses.base import compute_dtype
 from gumbel_analysis.losses.gumbel import (
     GumbelMode,
     gumbel_bce,
@@ -78,24 +79,6 @@ class EntryWeights:
             return self.positive_columns[cols]
         return self.positive
 
-    def dense(self, n: int, k: int, labels: torch.Tensor, with_background: bool, dtype):
-        """One ``[N, K]`` float tensor, or None if all 1."""
-        positive = self.positive_rows(labels, k, with_background)
-        if self.entries is None and positive is None:
-            return None
-        w = torch.ones((n, k), dtype=dtype, device=labels.device)
-        if self.entries is not None:
-            w = w * self.entries.to(dtype)
-        if positive is not None:
-            rows, cols = positive_index(labels, k, with_background)
-            w[rows, cols] = positive.to(dtype)
-        return w
-
-
-def _compute(logits: torch.Tensor) -> torch.Tensor:
-    """Half precision is computed in float32; float32 and float64 stay as they are."""
-    return logits if logits.dtype == torch.float64 else logits.float()
-
 
 class ElementwiseBCE:
     """One activation's elementwise BCE, its inference probabilities, its gradient magnitudes and
@@ -144,7 +127,7 @@ class SigmoidElementwise(ElementwiseBCE):
     activation = Activation.SIGMOID
 
     def loss(self, logits, labels, weights, with_background, gradient_sink=None):
-        q = _compute(logits)
+        q = compute_dtype(logits)
         n, k = q.shape
         target = one_hot_targets(labels, k, with_background).to(q.dtype)
         w = weights.entries
@@ -167,10 +150,10 @@ class SigmoidElementwise(ElementwiseBCE):
         return math.log(probability / (1.0 - probability))
 
     def negative_gradients(self, logits):
-        return torch.sigmoid(_compute(logits))
+        return torch.sigmoid(compute_dtype(logits))
 
     def positive_gradients(self, logits):
-        return torch.sigmoid(-_compute(logits))
+        return torch.sigmoid(-compute_dtype(logits))
 
     def init_classifier(self, layer, num_outputs, prior_prob):
         # The focal-loss prior: sigmoid(b) = prior_prob, weights N(0, 0.01).
@@ -225,14 +208,14 @@ class GumbelElementwise(ElementwiseBCE):
     def negative_gradients(self, logits):
         # (a / sigma) / (e^a - 1) with a = exp(-z) (losses/gumbel.py); a / (e^a - 1) by its
         # series where a underflows, 0 where e^a overflows.
-        a = torch.exp(_compute(logits) * (-1.0 / self.temperature)).clamp_(max=80.0)
+        a = torch.exp(compute_dtype(logits) * (-1.0 / self.temperature)).clamp_(max=80.0)
         ratio = a / torch.expm1(a)
         ratio = torch.where(a < 1e-4, 1.0 - 0.5 * a, ratio)
         return ratio.mul_(1.0 / self.temperature)
 
     def positive_gradients(self, logits):
         # a / sigma; below ``low`` the stable mode's linear continuation has the slope at ``low``.
-        z = _compute(logits).clamp(min=self.low) / self.temperature
+        z = compute_dtype(logits).clamp(min=self.low) / self.temperature
         return torch.exp(-z) / self.temperature
 
     def init_classifier(self, layer, num_outputs, prior_prob):

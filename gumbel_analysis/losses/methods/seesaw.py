@@ -22,9 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gumbel_analysis.losses.base import ClassificationLoss
+from gumbel_analysis.losses.base import ClassificationLoss, compute_dtype
 from gumbel_analysis.losses.methods.eqlv2 import all_reduce_sum
-from gumbel_analysis.losses.methods.softmax import compute_dtype, init_softmax_classifier
+from gumbel_analysis.losses.methods.softmax import init_softmax_classifier
 from gumbel_analysis.losses.options import LossOption
 from gumbel_analysis.losses.registry import register_loss
 

@@ -6,13 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gumbel_analysis.losses.base import ClassificationLoss
+from gumbel_analysis.losses.base import ClassificationLoss, compute_dtype
 from gumbel_analysis.losses.registry import register_loss
-
-
-def compute_dtype(logits: torch.Tensor) -> torch.Tensor:
-    """Half precision is computed in float32; float32 and float64 stay as they are."""
-    return logits if logits.dtype == torch.float64 else logits.float()
 
 
 def init_softmax_classifier(layer: nn.Linear) -> None:
