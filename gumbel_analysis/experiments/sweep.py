@@ -319,5 +319,13 @@ def plot_sweep(points: Sequence[dict[str, Any]], path: str | os.PathLike, title:
     ax.set_ylabel("AP (%)")
     ax.set_xticks(sorted({p["temperature"] for p in points}))
     ax.set_title(title)
-    ax.legend(title="error bars: ±1 sample std over seeds", title_fontsize="small")
+    # Below the axes: inside, the legend can hide the error bars it explains.
+    ax.legend(
+        title="error bars: ±1 sample std over seeds",
+        title_fontsize="small",
+        loc="upper center",
+        bbox_to_anchor=(0.5, -0.18),
+        ncol=2,
+        frameon=False,
+    )
     return save_figure(fig, path)
