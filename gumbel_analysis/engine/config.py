@@ -20,6 +20,11 @@ from gumbel_analysis.errors import InputError
 #: Learning-rate steps (in epochs) and length of the paper's schedules.
 SCHEDULES = {"1x": (12, (8, 11)), "2x": (24, (16, 22))}
 
+#: Test time as LVIS evaluates (detectron2's LVIS configs): score > 1e-4, 300 per image.
+_LVIS_TEST = {"score_threshold": 1e-4, "max_dets": 300}
+#: The paper's r50/r101 recipe (batch 16 over 8 GPUs, 500 warm-up iterations).
+_FPN_RECIPE = {"batch_size": 2, "warmup_iters": 500, "base_lr": 0.02, "workers": 4, **_LVIS_TEST}
+
 #: Per-preset defaults that differ from the paper's r50 recipe.
 PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
     # The CPU preset trains from scratch on the synthetic data in minutes; its schedule is its own.
@@ -30,26 +35,10 @@ PRESET_DEFAULTS: dict[str, dict[str, Any]] = {
         "warmup_iters": 100,
         "base_lr": 0.02,
         "workers": 1,
-        "score_threshold": 1e-4,
-        "max_dets": 300,
+        **_LVIS_TEST,
     },
-    # Test time as LVIS evaluates (detectron2's LVIS configs): score > 1e-4, 300 per image.
-    "r50-fpn": {
-        "batch_size": 2,
-        "warmup_iters": 500,
-        "base_lr": 0.02,
-        "workers": 4,
-        "score_threshold": 1e-4,
-        "max_dets": 300,
-    },
-    "r101-fpn": {
-        "batch_size": 2,
-        "warmup_iters": 500,
-        "base_lr": 0.02,
-        "workers": 4,
-        "score_threshold": 1e-4,
-        "max_dets": 300,
-    },
+    "r50-fpn": dict(_FPN_RECIPE),
+    "r101-fpn": dict(_FPN_RECIPE),
 }
 
 
@@ -442,8 +431,7 @@ def resolve(cfg: TrainConfig, world_size: int = 1) -> TrainConfig:
             setattr(out, name, d[name])
     out.world_size = world_size
     out.lr = effective_lr(out.base_lr, out.batch_size, world_size)
-    check_prediction_options(out.score_threshold, out.max_dets, out.workers)
-    out.validate()
+    out.validate()  # the filled fields too (score_threshold, max_dets, workers, ...)
     return out
 
 

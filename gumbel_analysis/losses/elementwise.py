@@ -3,7 +3,8 @@
 A BCE-family loss is ``(1/N) sum_ij w_ij l(q_ij, y_ij)``: the activation fixes ``l`` (here), the
 long-tail method fixes ``w`` (``losses/methods/``). Weights come as :class:`EntryWeights`: one
 tensor for every entry (boolean or float, ``[N, K]`` or broadcastable ``[1, K]``) and, where the
-method weighs a proposal's own class differently (EQLv2), one value per target-1 entry.
+method weighs a proposal's own class differently (EQLv2), one value per column for the target-1
+entries.
 """
 
 from __future__ import annotations
@@ -64,20 +65,21 @@ GUMBEL_INIT_WEIGHT = 1e-3
 
 @dataclass
 class EntryWeights:
-    """``w_ij`` of Eq. 4: ``entries`` for every entry (None: 1), and for the target-1 entries
-    either ``positive`` [P] (in :func:`~gumbel_analysis.losses.gumbel.positive_index` order) or
-    ``positive_columns`` [K] (by the entry's column); None: as ``entries``."""
+    """``w_ij`` of Eq. 4: ``entries`` for every entry (None: 1) and, where a method weighs a
+    proposal's own class differently (EQLv2), ``positive_columns`` [K]: the weight of a target-1
+    entry by its column (None: as ``entries``)."""
 
     entries: torch.Tensor | None = None
-    positive: torch.Tensor | None = None
     positive_columns: torch.Tensor | None = None
 
     def positive_rows(self, labels: torch.Tensor, k: int, with_background: bool):
-        """The [P] weights of the target-1 entries, or None where ``entries`` holds them."""
-        if self.positive_columns is not None:
-            _, cols = positive_index(labels, k, with_background)
-            return self.positive_columns[cols]
-        return self.positive
+        """The [P] weights of the target-1 entries (in
+        :func:`~gumbel_analysis.losses.gumbel.positive_index` order), or None where ``entries``
+        holds them."""
+        if self.positive_columns is None:
+            return None
+        _, cols = positive_index(labels, k, with_background)
+        return self.positive_columns[cols]
 
 
 class ElementwiseBCE:
