@@ -74,3 +74,22 @@ def test_train_command_offers_exactly_the_registered_losses_and_options():
         assert option.cli_flag in result.output
     wrong = CliRunner().invoke(app, ["train", "--loss", "focal"])
     assert wrong.exit_code == 2
+
+
+def test_every_package_folder_is_in_the_wheel():
+    """An editable install finds any folder; a wheel holds only the listed packages."""
+    import tomllib
+
+    setuptools = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    folder_of = {name: folder for name, folder in setuptools["package-dir"].items()}
+    listed = set(setuptools["packages"])
+    found = set()
+    for init in ROOT.glob("**/__init__.py"):
+        rel = init.parent.relative_to(ROOT)
+        if rel.parts[0] in {"tests", "bench", ".venv", "build"} or rel.parts[0].startswith("."):
+            continue
+        for name, folder in folder_of.items():
+            if rel.parts[: len(Path(folder).parts)] == Path(folder).parts:
+                found.add(".".join([name, *rel.parts[len(Path(folder).parts) :]]))
+                break
+    assert found and found == listed
