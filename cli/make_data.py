@@ -38,6 +38,13 @@ def make_data(
     val_images: Annotated[
         int, typer.Option("--val-images", help="Validation images.")
     ] = _DEFAULT.val_images,
+    val_min_images: Annotated[
+        int,
+        typer.Option(
+            "--val-min-images",
+            help="Validation images per class, at least (more make APr steadier).",
+        ),
+    ] = _DEFAULT.val_min_images,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = _DEFAULT.size,
     seed: SeedOption = _DEFAULT.seed,
     overwrite: Annotated[
@@ -55,7 +62,12 @@ def make_data(
     makes the default one itself.
     """
     spec = SyntheticSpec(
-        classes=classes, train_images=images, val_images=val_images, size=size, seed=seed
+        classes=classes,
+        train_images=images,
+        val_images=val_images,
+        size=size,
+        seed=seed,
+        val_min_images=val_min_images,
     )
     make_synthetic(out, spec, progress=True, overwrite=overwrite)
     train = read_json(out / "annotations" / ANNOTATION_FILES["train"])
@@ -71,6 +83,7 @@ def make_data(
             "val_images": val_images,
             "size": size,
             "seed": seed,
+            "val_min_images": val_min_images,
         },
         "thresholds": {"rare_max_images": rare, "common_max_images": common},
         "groups": groups,

@@ -33,7 +33,8 @@ scaled to 1000 training images: with ``M`` training images a class is
 At the default 600 images: rare <= 6, common 7-60, frequent > 60. The thresholds are written in
 the JSON's ``info.frequency_thresholds``; each category's ``frequency`` field holds its group.
 ``image_count`` and ``instance_count`` are counted on the training split in both files, as LVIS
-does. Validation images show every class at least ``VAL_MIN_IMAGES`` times (so APr is defined),
+does. Validation images show every class at least ``val_min_images`` times (default
+``VAL_MIN_IMAGES``, so APr is defined),
 otherwise in the training proportions. Each image lists ``NEG_PER_IMAGE`` categories absent from
 it as ``neg_category_ids`` (true: every object of every class is annotated), so LVISEval counts
 false positives on them; ``not_exhaustive_category_ids`` is empty.
@@ -95,6 +96,7 @@ class SyntheticSpec:
     val_images: int = 150
     size: int = 128
     seed: int = 0
+    val_min_images: int = VAL_MIN_IMAGES
 
     def key(self) -> str:
         """A short stable name of the parameters (and the generator version) for the cache."""
@@ -119,6 +121,8 @@ class SyntheticSpec:
             raise InputError(f"--size must be in 32..1024 pixels, got {self.size}")
         if self.seed < 0:
             raise InputError(f"--seed must be non-negative, got {self.seed}")
+        if self.val_min_images < 1:
+            raise InputError(f"--val-min-images must be at least 1, got {self.val_min_images}")
 
 
 def frequency_thresholds(train_images: int) -> tuple[int, int]:
@@ -184,9 +188,11 @@ def train_image_counts(classes: int, train_images: int) -> np.ndarray:
     return result
 
 
-def val_image_counts(train_counts: np.ndarray, train_images: int, val_images: int) -> np.ndarray:
-    """Validation images per class (same order): training proportions, at least VAL_MIN_IMAGES."""
-    floor = min(VAL_MIN_IMAGES, val_images)
+def val_image_counts(
+    train_counts: np.ndarray, train_images: int, val_images: int, minimum: int = VAL_MIN_IMAGES
+) -> np.ndarray:
+    """Validation images per class (same order): training proportions, at least ``minimum``."""
+    floor = min(minimum, val_images)
     counts = np.maximum(floor, np.rint(train_counts * val_images / train_images)).astype(np.int64)
     counts = np.minimum(counts, val_images)
     capacity = min(MAX_OBJECTS, len(counts)) * val_images
@@ -286,7 +292,9 @@ def _plan(spec: SyntheticSpec) -> _Plan:
     by_rank = train_image_counts(spec.classes, spec.train_images)
     rank_of_class = rng.permutation(spec.classes)
     train_counts = by_rank[rank_of_class]
-    val_counts = val_image_counts(train_counts, spec.train_images, spec.val_images)
+    val_counts = val_image_counts(
+        train_counts, spec.train_images, spec.val_images, spec.val_min_images
+    )
     objects = {
         "train": _objects(_assign(train_counts, spec.train_images, rng), rng),
         "val": _objects(_assign(val_counts, spec.val_images, rng), rng),
