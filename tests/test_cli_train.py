@@ -158,3 +158,19 @@ def test_two_process_gloo_ddp(data_dir, tmp_path):
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert [r["iteration"] for r in rows][-1] == 3
     assert (out / "model_final.pt").is_file()
+
+
+def test_rfs_records_the_threshold_it_derived_from_the_data(data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data_dir), "--out", str(out), "--sampler", "rfs"]
+    result = runner.invoke(app, [*args, "--max-iters", "1", "--no-eval", "--no-grad-log", *FAST])
+    assert result.exit_code == 0, result.output
+    train = json.loads((data_dir / "annotations" / "lvis_v1_train.json").read_text())
+    n = len(train["images"])
+    low = max(c["image_count"] for c in train["categories"] if c["frequency"] in "rc")
+    high = min(c["image_count"] for c in train["categories"] if c["frequency"] == "f")
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["rfs_threshold"] == pytest.approx((low + high) / 2 / n, rel=1e-12)
+    # --resume with the saved, derived threshold is the same configuration
+    resumed = runner.invoke(app, [*args, "--resume", "--max-iters", "2", "--no-eval", *FAST])
+    assert resumed.exit_code == 0, resumed.output

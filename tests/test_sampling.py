@@ -142,3 +142,47 @@ def test_bad_sampler_arguments_are_refused():
         RepeatFactorSampler([1.0], num_replicas=2, rank=2)
     with pytest.raises(InputError, match="finite"):
         RepeatFactorSampler([1.0, float("nan")])
+
+
+def test_the_rfs_threshold_is_derived_from_the_data_as_lvis_0001():
+    """t = None: the border of the common and frequent groups. On LVIS v1 (the largest common
+    class in 100 of 100,170 images, the smallest frequent one in 101) that is 100.5 / 100170,
+    detectron2's 0.001; on 600 images a fixed 0.001 would repeat nothing."""
+    from types import SimpleNamespace
+
+    from gumbel_analysis.engine.setup import rfs_threshold_from_data
+    from gumbel_analysis.paper import LVIS_V1_TRAIN_IMAGES
+
+    lvis = SimpleNamespace(
+        class_frequency=np.array([1, 10, 11, 100, 101, 5000]) / LVIS_V1_TRAIN_IMAGES,
+        frequency_groups=["r", "r", "c", "c", "f", "f"],
+    )
+    t = rfs_threshold_from_data(lvis)
+    assert t == pytest.approx(100.5 / LVIS_V1_TRAIN_IMAGES, rel=1e-12)
+    assert t == pytest.approx(1e-3, rel=0.01)
+
+    from gumbel_analysis.data.synthetic import frequency_thresholds
+    from gumbel_analysis.experiments.material import BENCHMARK
+
+    m = BENCHMARK.train_images
+    rare_max, common_max = frequency_thresholds(m)
+    counts = np.array([1, rare_max, common_max, common_max + 1, m // 2])
+    small = SimpleNamespace(class_frequency=counts / m, frequency_groups=["r", "r", "c", "f", "f"])
+    t = rfs_threshold_from_data(small)
+    assert t == pytest.approx((common_max + 0.5) / m, rel=1e-12)
+    fixed = class_repeat_factors(counts / m, 1e-3)
+    derived = class_repeat_factors(counts / m, t)
+    assert np.all(fixed == 1.0)  # the old default: no class repeated at all
+    # a one-image class repeats sqrt(t * m) times, as on LVIS about sqrt(0.001 * 100170) = 10
+    assert derived[0] == pytest.approx(math.sqrt(t * m), rel=1e-12) and derived[0] > 5
+    assert np.all(derived[3:] == 1.0)
+
+
+def test_rfs_threshold_cannot_be_derived_without_frequent_classes():
+    from types import SimpleNamespace
+
+    from gumbel_analysis.engine.setup import rfs_threshold_from_data
+
+    data = SimpleNamespace(class_frequency=np.array([0.1, 0.2]), frequency_groups=["r", "c"])
+    with pytest.raises(InputError, match="--sampler rfs: cannot derive the RFS threshold"):
+        rfs_threshold_from_data(data)

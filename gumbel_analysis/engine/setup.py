@@ -118,6 +118,21 @@ def make_loss(
         raise InputError(f"--loss {cfg.loss}: {err}") from None
 
 
+def rfs_threshold_from_data(train_set: Any) -> float:
+    """RFS's t for ``rfs_threshold`` None: the border of the data's common and frequent groups
+    (``math.common_frequent_border``; LVIS v1: 100.5 / 100170)."""
+    from gumbel_analysis.math import common_frequent_border
+
+    try:
+        return common_frequent_border(
+            np.asarray(train_set.class_frequency, dtype=np.float64),
+            list(train_set.frequency_groups),
+            "the RFS threshold",
+        )
+    except ValueError as err:
+        raise InputError(f"--sampler rfs: {err}; set rfs_threshold in --config") from None
+
+
 def resolved_loss_options(loss: ClassificationLoss, cfg: TrainConfig) -> dict[str, Any]:
     """The options to record in config.json: as given, with a derived lambda filled in."""
     options = dict(cfg.loss_options)

@@ -45,6 +45,7 @@ from gumbel_analysis.engine.setup import (
     make_loss,
     pick_device,
     resolved_loss_options,
+    rfs_threshold_from_data,
     seed_everything,
 )
 from gumbel_analysis.errors import InputError, TrainingError
@@ -465,6 +466,8 @@ def train(
             raise InputError("the train and val annotation files have different categories")
         loss = make_loss(cfg, train_set.class_frequency, train_set.frequency_groups)
         cfg.loss_options = resolved_loss_options(loss, cfg)
+        if cfg.sampler == "rfs" and cfg.rfs_threshold is None:
+            cfg.rfs_threshold = rfs_threshold_from_data(train_set)
         model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh, weights=cfg.weights)
         model.to(device)
         ddp_model = model

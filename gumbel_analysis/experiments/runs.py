@@ -204,6 +204,8 @@ def config_key(config: dict[str, Any], fields: Sequence[str] | None = None) -> s
     accessors above)."""
     if fields is None:
         chosen = {k: v for k, v in config.items() if k not in IGNORED_FIELDS}
+        if chosen.get("sampler", "random") != "rfs":  # the threshold does nothing then
+            chosen.pop("rfs_threshold", None)
     else:
         chosen = {name: field_value(config, name) for name in fields}
     return json.dumps(chosen, sort_keys=True, default=str)

@@ -31,6 +31,7 @@ from gumbel_analysis.losses.bce import WeightedBCE
 from gumbel_analysis.losses.elementwise import EntryWeights
 from gumbel_analysis.losses.options import LossOption
 from gumbel_analysis.losses.registry import register_loss
+from gumbel_analysis.math import common_frequent_border
 from gumbel_analysis.paper import LVIS_V1_LAMBDA
 
 
@@ -64,15 +65,10 @@ VARIANT_OPTION = LossOption(
 def lambda_from_groups(class_frequency, groups: list[str]) -> float:
     """lambda midway between the most frequent rare/common class and the least frequent frequent
     class (for LVIS v1: ``100.5 / 100170``, ``LVIS_V1_LAMBDA``)."""
-    freq = [float(f) for f in class_frequency]
-    below = [f for f, g in zip(freq, groups, strict=True) if g in ("r", "c")]
-    above = [f for f, g in zip(freq, groups, strict=True) if g == "f"]
-    if not below or not above:
-        raise ValueError("cannot derive lambda: the data lacks rare/common or frequent classes")
-    lo, hi = max(below), min(above)
-    if lo >= hi:
-        raise ValueError("cannot derive lambda: the frequency groups overlap; pass --lambda")
-    return (lo + hi) / 2
+    try:
+        return common_frequent_border(class_frequency, groups, "lambda")
+    except ValueError as err:
+        raise ValueError(f"{err}; pass --lambda") from None
 
 
 def drop_weights(
