@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from gumbel_analysis.cli import evaluate, grads, init_bias, kl_dist, make_data, temperature
+from gumbel_analysis.cli import reproduce as reproduce_cli
 from gumbel_analysis.cli import sweep as sweep_cli
 from gumbel_analysis.cli import table as table_cli
 from gumbel_analysis.cli.common import multi_value_command
@@ -46,6 +47,7 @@ app.command("kl-dist", cls=multi_value_command("--labels", "--images"))(kl_dist.
 app.command("grads", cls=multi_value_command("--labels"))(grads.grads)
 app.command("table", cls=multi_value_command("--group-by"))(table_cli.table)
 app.command("sweep", cls=multi_value_command("--temperature", "-t"))(sweep_cli.sweep)
+app.command("reproduce")(reproduce_cli.reproduce)
 
 
 def main() -> None:

@@ -1,0 +1,320 @@
+"""What ``gumbel reproduce`` reproduces: the supplementary material's tables and figures as
+training configurations, and the paper's claims about them.
+
+This is the registry of the material. An *item* (``table1`` ... ``fig3``) names the
+configurations it needs and the claims it makes; a configuration is one ``gumbel train``
+setting (loss, activation, sampler, Enh, temperature) and is trained once per seed, however many
+items use it (Table 3's Gumbel run is also Fig. 1.ii's sigma = 1 point and one side of Figs. 2
+and 3). Adding a table means adding one :class:`Item` here (plus its test).
+
+Schedules. The paper trains 1x (12 epochs of LVIS) or 2x; on the embedded benchmark 1x is the
+tiny preset's 12 epochs and 2x its 24. ``--quick`` shortens both to a few epochs, for trying the
+command out; its numbers are not the material's.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gumbel_analysis.data.synthetic import SyntheticSpec
+from gumbel_analysis.paper import (
+    PAPER_METRICS,
+    PAPER_SIGMAS,
+    PAPER_TABLE1,
+    PAPER_TABLE2,
+    PAPER_TABLE3,
+    PAPER_TABLE4,
+)
+
+#: The embedded benchmark (chosen before any method was compared on it): LVIS-like in what the
+#: long-tail methods respond to: 48 classes, of which 18 rare, 21 common and 9 frequent (LVIS v1:
+#: 28/38/34%); 600 training images as the default data (the same training time); 600 validation
+#: images with at least 6 per class, so AP^r averages 18 classes seen 6+ times each.
+BENCHMARK = SyntheticSpec(
+    classes=48, train_images=600, val_images=600, size=128, seed=0, val_min_images=6
+)
+
+#: Epochs of the tiny preset per schedule, and with --quick.
+EPOCHS = {"1x": 12, "2x": 24}
+QUICK_EPOCHS = {"1x": 2, "2x": 4}
+
+
+@dataclass(frozen=True)
+class Config:
+    """One training configuration (a row of a table, a point of a figure)."""
+
+    name: str  # the run folder's stem: runs/{name}-{schedule}-s{seed}
+    label: str  # how the report names it
+    loss: str
+    activation: str | None = None  # None: the loss's own
+    sampler: str = "random"
+    enh: bool = False
+    temperature: float | None = None  # None: the loss's default
+
+    def values(self, epochs: int | None, schedule: str) -> dict[str, Any]:
+        """TrainConfig fields (``epochs`` None: the preset's 1x, or ``schedule`` 2x)."""
+        values: dict[str, Any] = {"loss": self.loss, "sampler": self.sampler, "enh": self.enh}
+        if self.activation is not None:
+            values["activation"] = self.activation
+        if self.temperature is not None:
+            values["loss_options"] = {"temperature": self.temperature}
+        if epochs is not None:
+            values["epochs"] = epochs
+        elif schedule != "1x":
+            values["schedule"] = schedule
+        return values
+
+
+def _c(name: str, label: str, loss: str, **kw: Any) -> Config:
+    return Config(name, label, loss, **kw)
+
+
+# Table 3 and the figures.
+SIGMOID = _c("sigmoid", "Sigmoid", "sigmoid")
+SOFTMAX = _c("softmax", "Softmax", "softmax")
+GUMBEL = _c("gumbel", "Gumbel", "gumbel")
+SWEEP = tuple(
+    GUMBEL if s == 1.0 else _c(f"gumbel-t{s:g}", f"Gumbel σ={s:g}", "gumbel", temperature=s)
+    for s in PAPER_SIGMAS
+)
+# Table 2: each long-tail loss with either activation.
+TABLE2 = tuple(
+    _c(f"{m}-{a}", f"{label} / {a.capitalize()}", m, activation=a)
+    for m, label in (
+        ("eql", "EQL"),
+        ("droploss", "DropLoss"),
+        ("acsl", "ACSL"),
+        ("federated", "Federated Loss"),
+    )
+    for a in ("sigmoid", "gumbel")
+)
+# Table 1: the ablation (RFS, Gumbel, EQL, Enh, DropLoss). GOL is DropLoss with Gumbel and Eq. 6
+# (`gol`), GOL* EQL with Gumbel (`gol-star`).
+TABLE1 = (
+    SIGMOID,
+    GUMBEL,
+    _c("sigmoid-enh", "Enh", "sigmoid", enh=True),
+    _c("gumbel-enh", "Gumbel + Enh", "gumbel", enh=True),
+    _c("sigmoid-rfs", "RFS", "sigmoid", sampler="rfs"),
+    _c("gumbel-rfs", "RFS + Gumbel", "gumbel", sampler="rfs"),
+    _c("sigmoid-rfs-enh", "RFS + Enh", "sigmoid", sampler="rfs", enh=True),
+    _c("gumbel-rfs-enh", "RFS + Gumbel + Enh", "gumbel", sampler="rfs", enh=True),
+    _c("gol-star-rfs-enh", "RFS + Gumbel + EQL + Enh (GOL*)", "gol-star", sampler="rfs", enh=True),
+    _c("gol", "Gumbel + DropLoss", "gol"),
+    _c("gol-rfs-enh", "RFS + Gumbel + Enh + DropLoss (GOL)", "gol", sampler="rfs", enh=True),
+)
+_T1 = {c.name: c for c in TABLE1}
+# Table 4: the methods of its ResNet-50 block that the toolkit implements.
+TABLE4 = (
+    SOFTMAX,
+    _c("eqlv2", "EQLv2", "eqlv2"),
+    _c("seesaw", "Seesaw", "seesaw"),
+    _T1["gol"],
+    _c("eqlv2-rfs", "EQLv2 (RFS)", "eqlv2", sampler="rfs"),
+    _c("seesaw-rfs", "Seesaw (RFS)", "seesaw", sampler="rfs"),
+    _T1["gol-star-rfs-enh"],
+    _T1["gol-rfs-enh"],
+)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """ "``better`` beats ``worse`` on ``metric``" (lower is better for ``lower_is_better``), or,
+    with several ``worse``, "``better`` is the best of them"."""
+
+    text: str
+    metric: str
+    better: str
+    worse: tuple[str, ...]
+    paper: str  # what the paper reports for it
+    lower_is_better: bool = False
+
+
+@dataclass(frozen=True)
+class Item:
+    """A table or figure of the material."""
+
+    key: str
+    title: str
+    schedule: str
+    configs: tuple[Config, ...]
+    baseline: str | None = None
+    paper: dict[str, tuple[float, ...]] = field(default_factory=dict)
+    claims: tuple[Claim, ...] = ()
+    note: str = ""
+
+
+def _pair(metric: str, better: Config, worse: Config, paper: str) -> Claim:
+    text = f"{better.label} > {worse.label} on {metric}"
+    return Claim(text, metric, better.name, (worse.name,), paper)
+
+
+def _paper_delta(table: dict, a: str, b: str, metric: str) -> str:
+    i = PAPER_METRICS.index(metric)
+    return f"{table[a][i] - table[b][i]:+.1f}"
+
+
+ITEMS: dict[str, Item] = {}
+
+
+def _register(item: Item) -> None:
+    ITEMS[item.key] = item
+
+
+_register(
+    Item(
+        "table3",
+        "Table 3: the activations (Mask R-CNN, schedule 1x)",
+        "1x",
+        (SIGMOID, SOFTMAX, GUMBEL),
+        baseline="sigmoid",
+        paper=PAPER_TABLE3,
+        claims=tuple(
+            _pair(m, GUMBEL, other, _paper_delta(PAPER_TABLE3, "gumbel", other.name, m))
+            for other in (SIGMOID, SOFTMAX)
+            for m in ("AP", "APr")
+        ),
+        note="The paper's frameworks beyond Mask R-CNN (ResNet-101/ResNeXt, Cascade, HTC) are not "
+        "run; the tiny preset stands for Mask R-CNN ResNet-50.",
+    )
+)
+_register(
+    Item(
+        "fig1",
+        "Figure 1: the temperature σ ((i) the activation, (ii) AP against σ, schedule 1x)",
+        "1x",
+        SWEEP,
+        baseline="gumbel",
+        claims=(
+            Claim(
+                "σ = 1.0 gives the best AP",
+                "AP",
+                "gumbel",
+                tuple(c.name for c in SWEEP if c is not GUMBEL),
+                "best at σ = 1.0",
+            ),
+        ),
+    )
+)
+_register(
+    Item(
+        "fig2",
+        "Figure 2: mean positive gradient per category (Gumbel vs Sigmoid, schedule 1x)",
+        "1x",
+        (SIGMOID, GUMBEL),
+        claims=(
+            Claim(
+                "Gumbel's mean positive gradient > Sigmoid's (all categories)",
+                "grad_all",
+                "gumbel",
+                ("sigmoid",),
+                "+7 dB",
+            ),
+            Claim(
+                "Gumbel's mean positive gradient > Sigmoid's (rare categories)",
+                "grad_r",
+                "gumbel",
+                ("sigmoid",),
+                "+10 dB",
+            ),
+        ),
+    )
+)
+_register(
+    Item(
+        "fig3",
+        "Figure 3: per-image category distributions and their KL divergence (schedule 1x)",
+        "1x",
+        (SOFTMAX, SIGMOID, GUMBEL),
+        claims=tuple(
+            Claim(
+                f"Gumbel's mean KL(target ‖ predicted) < {other.label}'s",
+                "kl_mean",
+                "gumbel",
+                (other.name,),
+                "lower (Fig. 3/4)",
+                lower_is_better=True,
+            )
+            for other in (SIGMOID, SOFTMAX)
+        ),
+    )
+)
+_register(
+    Item(
+        "table2",
+        "Table 2: long-tail losses with either activation (schedule 1x)",
+        "1x",
+        TABLE2,
+        paper=PAPER_TABLE2,
+        claims=tuple(
+            _pair(
+                "AP",
+                TABLE2[2 * i + 1],
+                TABLE2[2 * i],
+                _paper_delta(PAPER_TABLE2, TABLE2[2 * i + 1].name, TABLE2[2 * i].name, "AP"),
+            )
+            for i in range(len(TABLE2) // 2)
+        ),
+    )
+)
+_register(
+    Item(
+        "table1",
+        "Table 1: ablation of RFS, Gumbel, EQL, Enh and DropLoss (schedule 2x)",
+        "2x",
+        TABLE1,
+        baseline="sigmoid",
+        paper=PAPER_TABLE1,
+        claims=(
+            _pair("AP", GUMBEL, SIGMOID, _paper_delta(PAPER_TABLE1, "gumbel", "sigmoid", "AP")),
+            _pair("APr", GUMBEL, SIGMOID, _paper_delta(PAPER_TABLE1, "gumbel", "sigmoid", "APr")),
+            Claim(
+                "GOL has the best AP of the ablation",
+                "AP",
+                "gol-rfs-enh",
+                tuple(c.name for c in TABLE1 if c.name != "gol-rfs-enh"),
+                "27.7, best",
+            ),
+            Claim(
+                "GOL* has the best APf of the ablation",
+                "APf",
+                "gol-star-rfs-enh",
+                tuple(c.name for c in TABLE1 if c.name != "gol-star-rfs-enh"),
+                "31.3, best",
+            ),
+        ),
+    )
+)
+_register(
+    Item(
+        "table4",
+        "Table 4: against EQLv2 and Seesaw (schedule 2x)",
+        "2x",
+        TABLE4,
+        baseline="softmax",
+        paper=PAPER_TABLE4,
+        claims=(
+            Claim(
+                "GOL (random sampler) > EQLv2 and Seesaw on AP",
+                "AP",
+                "gol",
+                ("eqlv2", "seesaw"),
+                "+0.1, +0.6",
+            ),
+            Claim(
+                "GOL (RFS, Enh) > EQLv2 and Seesaw (RFS) on AP",
+                "AP",
+                "gol-rfs-enh",
+                ("eqlv2-rfs", "seesaw-rfs"),
+                "+1.9, +1.3",
+            ),
+        ),
+        note="LOCE, NorCal and DisAlign are not implemented; ResNet-101 rows are not run.",
+    )
+)
+
+#: ``gumbel reproduce`` without --only: Table 3 and Figures 1-3.
+DEFAULT_ITEMS = ("table3", "fig1", "fig2", "fig3")
+#: Every item, in the report's order: the tables, then the figures.
+ALL_ITEMS = tuple(sorted(ITEMS, key=lambda k: (k.startswith("fig"), k)))

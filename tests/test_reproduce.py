@@ -1,0 +1,259 @@
+"""`gumbel reproduce`: the material's registry, the verdicts on claims, and the command end to end
+(on a tiny stand-in for the benchmark, one epoch per run)."""
+
+import csv
+import json
+import math
+import statistics
+
+import pytest
+from typer.testing import CliRunner
+
+from gumbel_analysis.cli.app import app
+from gumbel_analysis.data.synthetic import SyntheticSpec
+from gumbel_analysis.engine.config import TrainConfig, resolve
+from gumbel_analysis.engine.setup import check_loss_config
+from gumbel_analysis.errors import InputError
+from gumbel_analysis.experiments import material
+from gumbel_analysis.experiments.material import ALL_ITEMS, DEFAULT_ITEMS, ITEMS, Claim
+from gumbel_analysis.experiments.reproduce import (
+    CONTRADICTED,
+    HOLDS,
+    NO_RESULT,
+    NOT_ESTABLISHED,
+    Measured,
+    judge,
+    parse_only,
+    verdict_text,
+)
+
+runner = CliRunner()
+TINY = SyntheticSpec(classes=5, train_images=20, val_images=6, size=64, seed=2)
+FAST = ["--quick", "--workers", "0", "--device", "cpu", "--no-progress"]
+
+
+@pytest.fixture
+def tiny_material(monkeypatch):
+    monkeypatch.setattr(material, "BENCHMARK", TINY)
+    monkeypatch.setattr(material, "QUICK_EPOCHS", {"1x": 1, "2x": 1})
+
+
+def assert_one_line_error(result, fragment):
+    assert result.exit_code == 2, result.output
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and fragment in lines[0], lines
+
+
+# --- the registry ---------------------------------------------------------------------------------
+
+
+def test_the_registry_is_consistent():
+    assert set(ALL_ITEMS) == set(ITEMS) and set(DEFAULT_ITEMS) <= set(ITEMS)
+    by_name = {}
+    for item in ITEMS.values():
+        names = [c.name for c in item.configs]
+        assert len(names) == len(set(names)), item.key
+        for config in item.configs:  # one name is one configuration everywhere
+            assert by_name.setdefault(config.name, config) == config
+        if item.baseline:
+            assert item.baseline in names
+        assert set(item.paper) <= set(names), item.key
+        for claim in item.claims:
+            assert claim.better in names and set(claim.worse) <= set(names), claim.text
+    # every configuration is a valid `gumbel train` setting, at both schedules
+    for config in by_name.values():
+        for epochs, schedule in ((None, "1x"), (None, "2x"), (2, "1x")):
+            cfg = resolve(TrainConfig.from_dict(config.values(epochs, schedule)))
+            check_loss_config(cfg)
+
+
+def test_the_benchmark_has_lvis_like_groups():
+    from gumbel_analysis.data.synthetic import (
+        frequency_group,
+        frequency_thresholds,
+        train_image_counts,
+        val_image_counts,
+    )
+
+    spec = material.BENCHMARK
+    counts = train_image_counts(spec.classes, spec.train_images)
+    groups = [frequency_group(int(n), frequency_thresholds(spec.train_images)) for n in counts]
+    rare, common, frequent = (groups.count(g) for g in "rcf")
+    assert rare + common > 0.75 * spec.classes and rare >= 15 and frequent >= 5
+    val = val_image_counts(counts, spec.train_images, spec.val_images, spec.val_min_images)
+    assert val.min() >= 6
+
+
+def test_only_is_parsed_in_the_material_order():
+    assert parse_only("fig1, TABLE3", DEFAULT_ITEMS) == ["table3", "fig1"]
+    assert parse_only(None, DEFAULT_ITEMS) == list(DEFAULT_ITEMS)
+    with pytest.raises(InputError, match="unknown item 'table9'"):
+        parse_only("table3,table9", DEFAULT_ITEMS)
+    with pytest.raises(InputError, match="--only needs"):
+        parse_only(" , ", DEFAULT_ITEMS)
+
+
+# --- verdicts -------------------------------------------------------------------------------------
+
+
+def measured_with(values: dict[str, list[float]], metric: str = "AP") -> Measured:
+    return Measured(values={(name, "1x", metric): v for name, v in values.items()})
+
+
+def welch(a: list[float], b: list[float]) -> tuple[float, float]:
+    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
+    return statistics.fmean(a) - statistics.fmean(b), se
+
+
+def test_a_difference_beyond_two_standard_errors_holds():
+    claim = Claim("a > b", "AP", "a", ("b",), "+1")
+    a, b = [10.0, 11.0, 12.5], [5.0, 6.5, 7.0]
+    v = judge(claim, measured_with({"a": a, "b": b}), "1x")
+    delta, se = welch(a, b)
+    assert v.verdict == HOLDS
+    assert v.delta == pytest.approx(delta, rel=1e-12) and v.se == pytest.approx(se, rel=1e-12)
+    assert v.n == (3, 3)
+    assert verdict_text(v).startswith(f"holds: ΔAP = +{delta:.1f} ± {se:.1f} (SE)")
+
+
+def test_within_the_spread_is_not_established_whatever_the_sign():
+    claim = Claim("a > b", "APr", "a", ("b",), "+1")
+    for a in ([14.0, 6.0, 13.0], [9.0, 10.0, 8.5]):  # mean above, then below b's
+        v = judge(claim, measured_with({"a": a, "b": [9.0, 10.0, 11.0]}, "APr"), "1x")
+        assert v.verdict == NOT_ESTABLISHED and "within the seed spread" in verdict_text(v)
+
+
+def test_the_opposite_beyond_the_spread_contradicts():
+    claim = Claim("a > b", "AP", "a", ("b",), "+1")
+    v = judge(claim, measured_with({"a": [1.0, 2.0, 3.0], "b": [10.0, 11.0, 12.0]}), "1x")
+    assert v.verdict == CONTRADICTED and v.delta == pytest.approx(-9.0)
+
+
+def test_one_seed_establishes_nothing():
+    claim = Claim("a > b", "AP", "a", ("b",), "+1")
+    v = judge(claim, measured_with({"a": [50.0], "b": [10.0]}), "1x")
+    assert v.verdict == NOT_ESTABLISHED and v.se is None and v.delta == pytest.approx(40.0)
+    assert "one seed" in verdict_text(v)
+
+
+def test_lower_is_better_claims_flip_the_direction():
+    claim = Claim("a's KL < b's", "kl_mean", "a", ("b",), "lower", lower_is_better=True)
+    v = judge(
+        claim, measured_with({"a": [0.1, 0.11, 0.12], "b": [0.5, 0.52, 0.49]}, "kl_mean"), "1x"
+    )
+    assert v.verdict == HOLDS and v.delta < 0
+
+
+def test_best_of_several_needs_every_margin():
+    claim = Claim("a is best", "AP", "a", ("b", "c"), "best")
+    values = {"a": [10.0, 11.0, 12.0], "b": [1.0, 2.0, 3.0], "c": [9.0, 12.0, 10.0]}
+    v = judge(claim, measured_with(values), "1x")
+    assert v.verdict == NOT_ESTABLISHED and v.against == "c"
+    values["c"] = [4.0, 5.0, 6.0]
+    assert judge(claim, measured_with(values), "1x").verdict == HOLDS
+    values["c"] = [20.0, 21.0, 22.0]
+    v = judge(claim, measured_with(values), "1x")
+    assert v.verdict == CONTRADICTED and v.against == "c"
+
+
+def test_a_claim_without_finished_runs_has_no_result():
+    claim = Claim("a > b", "AP", "a", ("b",), "+1")
+    v = judge(claim, measured_with({"a": [1.0, 2.0]}), "1x")
+    assert v.verdict == NO_RESULT and "b" in v.detail
+
+
+# --- the command ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "fragment"),
+    [
+        (["--seeds", "0"], "--seeds"),
+        (["--seed", "-1"], "--seed"),
+        (["--only", "table9"], "table9"),
+        (["--device", "tpu"], "--device"),
+        (["--workers", "-1"], "--workers"),
+    ],
+)
+def test_bad_options_are_one_line_and_create_nothing(tmp_path, args, fragment):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["reproduce", "--out", str(out), *args])
+    assert_one_line_error(result, fragment)
+    assert not out.exists()
+
+
+def test_out_must_be_a_folder(tmp_path):
+    out = tmp_path / "file"
+    out.write_text("x")
+    assert_one_line_error(runner.invoke(app, ["reproduce", "--out", str(out)]), str(out))
+    assert out.read_text() == "x"
+
+
+def test_a_data_folder_of_another_dataset_is_refused(tiny_material, tmp_path):
+    from gumbel_analysis.data.synthetic import make_synthetic
+
+    out = tmp_path / "report"
+    out.mkdir()
+    make_synthetic(out / "data", SyntheticSpec(classes=5, train_images=20, val_images=4, size=64))
+    result = runner.invoke(app, ["reproduce", "--out", str(out), *FAST])
+    assert_one_line_error(result, "holds another dataset")
+    assert not (out / "runs").exists()
+
+
+def _csv_rows(path):
+    with open(path, newline="") as f:
+        return {row["configuration"]: row for row in csv.DictReader(f)}
+
+
+@pytest.mark.slow
+def test_reproduce_quick_end_to_end_then_resumes_and_adds_seeds(tiny_material, tmp_path):
+    out = tmp_path / "report"
+    result = runner.invoke(app, ["reproduce", "--out", str(out), "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.stdout)
+    runs = sorted(p.name for p in (out / "runs").iterdir())
+    assert len(runs) == 7 and all(p.endswith("-1x-quick-s0") for p in runs)  # shared, not 9
+    assert set(json.loads((out / "timings.json").read_text())) == set(runs)
+    # the report: one HTML file with the figures inside, tables as Markdown and CSV
+    page = (out / "report.html").read_text()
+    assert page.count("src='data:image/png;base64,") == 4
+    for key in DEFAULT_ITEMS:
+        assert ITEMS[key].title.split(":")[0] in page
+        assert f"--only {key}" in page and (out / "tables" / f"{key}.md").is_file()
+        assert (out / "tables" / f"{key}.csv").is_file()
+    figures = {p.name for p in (out / "figures").iterdir()}
+    assert figures == {"figure_1i.png", "figure_1ii.png", "figure_2.png", "figure_3.png"}
+    claims = summary["claims"]
+    assert len(claims) == sum(len(ITEMS[k].claims) for k in DEFAULT_ITEMS)
+    assert {c["verdict"] for c in claims} == {NOT_ESTABLISHED}  # one seed: never established
+    gumbel = json.loads((out / "runs" / "gumbel-1x-quick-s0" / "metrics.json").read_text())
+    row = _csv_rows(out / "tables" / "table3.csv")["Gumbel"]
+    assert float(row["AP"]) == pytest.approx(gumbel["AP"]) and row["AP_std"] == ""
+
+    # a rerun trains nothing; a run removed (as if killed before its first checkpoint) is the
+    # only one trained again
+    final = {r: (out / "runs" / r / "model_final.pt").stat().st_mtime_ns for r in runs}
+    for child in (out / "runs" / "sigmoid-1x-quick-s0").iterdir():
+        if child.name not in ("config.json", "metrics.jsonl", "grads.h5"):
+            child.unlink()
+    result = runner.invoke(app, ["reproduce", "--out", str(out), "--json", *FAST])
+    assert result.exit_code == 0, result.output
+    for r in runs:
+        changed = (out / "runs" / r / "model_final.pt").stat().st_mtime_ns != final[r]
+        assert changed == (r == "sigmoid-1x-quick-s0"), r
+
+    # a second seed of Table 3: three new runs; each row is the mean and sample std of two
+    result = runner.invoke(
+        app, ["reproduce", "--out", str(out), "--only", "table3", "--seeds", "2", *FAST]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(list((out / "runs").iterdir())) == 10
+    rows = _csv_rows(out / "tables" / "table3.csv")
+    for name, label in (("sigmoid", "Sigmoid"), ("softmax", "Softmax"), ("gumbel", "Gumbel")):
+        ap = [
+            json.loads((out / "runs" / f"{name}-1x-quick-s{s}" / "metrics.json").read_text())["AP"]
+            for s in (0, 1)
+        ]
+        assert float(rows[label]["AP"]) == pytest.approx(statistics.fmean(ap), rel=1e-9)
+        assert float(rows[label]["AP_std"]) == pytest.approx(statistics.stdev(ap), rel=1e-9)
+        assert rows[label]["AP_n"] == "2"
