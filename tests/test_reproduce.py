@@ -96,8 +96,16 @@ def test_only_is_parsed_in_the_material_order():
 # --- verdicts -------------------------------------------------------------------------------------
 
 
-def measured_with(values: dict[str, list[float]], metric: str = "AP") -> Measured:
-    return Measured(values={(name, "1x", metric): v for name, v in values.items()})
+def measured_with(
+    values: dict[str, list[float]], metric: str = "AP", paired: bool = False
+) -> Measured:
+    """Each configuration's values as seeds 0, 1, ... (paired) or seeds of its own (not)."""
+    return Measured(
+        values={
+            (name, "1x", metric): {s + (0 if paired else 100 * i): x for s, x in enumerate(v)}
+            for i, (name, v) in enumerate(values.items())
+        }
+    )
 
 
 def welch(a: list[float], b: list[float]) -> tuple[float, float]:
@@ -114,6 +122,19 @@ def test_a_difference_beyond_two_standard_errors_holds():
     assert v.delta == pytest.approx(delta, rel=1e-12) and v.se == pytest.approx(se, rel=1e-12)
     assert v.n == (3, 3)
     assert verdict_text(v).startswith(f"holds: ΔAP = +{delta:.1f} ± {se:.1f} (SE)")
+
+
+def test_runs_of_the_same_seeds_are_compared_pair_by_pair():
+    """Seeds that move both sides together: unpaired the difference is within the spread,
+    paired it holds; SE is the standard error of the mean per-seed difference."""
+    claim = Claim("a > b", "APr", "a", ("b",), "+3")
+    a, b = [38.3, 33.9, 30.6], [31.8, 29.9, 27.0]
+    assert judge(claim, measured_with({"a": a, "b": b}, "APr"), "1x").verdict == NOT_ESTABLISHED
+    v = judge(claim, measured_with({"a": a, "b": b}, "APr", paired=True), "1x")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    assert v.verdict == HOLDS
+    assert v.delta == pytest.approx(statistics.fmean(diffs), rel=1e-12)
+    assert v.se == pytest.approx(statistics.stdev(diffs) / math.sqrt(3), rel=1e-12)
 
 
 def test_within_the_spread_is_not_established_whatever_the_sign():

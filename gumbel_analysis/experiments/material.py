@@ -314,6 +314,8 @@ _register(
     )
 )
 
+#: The report's name of each configuration.
+CONFIG_LABELS = {c.name: c.label for item in ITEMS.values() for c in item.configs}
 #: ``gumbel reproduce`` without --only: Table 3 and Figures 1-3.
 DEFAULT_ITEMS = ("table3", "fig1", "fig2", "fig3")
 #: Every item, in the report's order: the tables, then the figures.

@@ -29,16 +29,16 @@ from gumbel_analysis.experiments.reproduce import (
     Measured,
     Plan,
     Verdict,
+    difference,
     judge,
     measure_gradients,
     measure_kl,
     measure_runs,
     read_timings,
-    schedule_tag,
     verdict_text,
 )
 from gumbel_analysis.experiments.runs import FINISHED
-from gumbel_analysis.experiments.table import Stat, compare
+from gumbel_analysis.experiments.table import SPREAD_FACTOR, Delta, Stat
 from gumbel_analysis.io import atomic_path
 from gumbel_analysis.paper import PAPER_CLIP, PAPER_METRICS, PAPER_SIGMAS
 
@@ -183,8 +183,12 @@ def metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
             for m in ("AP", "APr"):
                 here = measured.stat(config.name, item.schedule, m)
                 base = measured.stat(item.baseline, item.schedule, m)
-                ok = here and base and config.name != item.baseline
-                row.append((compare(here, base), "") if ok else None)
+                if not (here and base) or config.name == item.baseline:
+                    row.append(None)
+                    continue
+                delta, se = difference(measured, config.name, item.baseline, item.schedule, m)
+                exceeds = None if se is None else abs(delta) > SPREAD_FACTOR * se
+                row.append((Delta(delta, se, exceeds), ""))
         if item.paper:
             paper = item.paper.get(config.name)
             row += [paper[0], paper[1]] if paper else [None, None]
@@ -195,7 +199,10 @@ def metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
     )
     if item.baseline:
         base_label = next(c.label for c in item.configs if c.name == item.baseline)
-        caption += f" Δ: difference to {base_label}; * where |Δ| > 2 SE (Welch)."
+        caption += (
+            f" Δ: difference to {base_label}; * where |Δ| > 2 SE (SE of the per-seed "
+            "differences where both ran the same seeds, else Welch's)."
+        )
     if item.paper:
         caption += " paper: the supplementary material's LVIS v1 numbers (ResNet-50)."
     if item.note:
@@ -216,9 +223,12 @@ def gradient_table(item: Item, measured: Measured) -> Table:
                 ),
             ]
         )
+    from gumbel_analysis.analysis.gradients import DEFAULT_DB_SCALE
+
     caption = (
-        "Mean positive gradient per category, 10·log10, averaged over each group's categories "
-        "(mean ± std over seeds). Paper: Gumbel − Sigmoid about +7 dB overall, +10 dB rare."
+        f"Mean positive gradient per category in dB ({DEFAULT_DB_SCALE}·log10, as gumbel grads), "
+        "averaged over each group's categories (mean ± std over seeds). Paper: Gumbel − Sigmoid "
+        "about +7 dB overall, +10 dB rare."
     )
     return Table(columns, rows, caption, digits=2)
 
@@ -400,7 +410,7 @@ def _data_table(plan: Plan) -> str:
 
 def render_html(plan: Plan, sections: list[Section], total_seconds: float | None) -> str:
     spec = material.BENCHMARK
-    seeds = ", ".join(str(s) for s in plan.seeds)
+    seeds = ("seed " if len(plan.seeds) == 1 else "seeds ") + ", ".join(map(str, plan.seeds))
     timing = ""
     run_seconds = _run_seconds(plan)
     if run_seconds is not None:
@@ -412,7 +422,7 @@ def render_html(plan: Plan, sections: list[Section], total_seconds: float | None
         "<h1>The supplementary material, reproduced on the embedded benchmark</h1>",
         "<p>Every table and figure below was made by <code>gumbel reproduce</code> from the run "
         f"folders in <code>{html.escape(str(plan.out / 'runs'))}</code> "
-        f"({schedule_tag('1x', plan.quick)} schedule tags; seeds {seeds}).{timing} "
+        f"({seeds}{', --quick' if plan.quick else ''}).{timing} "
         "A claim <b>holds</b> when the difference exceeds twice its standard error over seeds "
         "(Welch) in the paper's direction, is <b>contradicted</b> when it does so in the other "
         "direction, and is <b>not established</b> otherwise, whatever its sign.</p>",

@@ -12,7 +12,9 @@ skipped, a killed one resumed, so a rerun of the command continues where it stop
 that several items need is trained once.
 
 Claims. Every claim of the paper that an item makes ("Gumbel > Sigmoid on APr") is judged on
-the runs' per-seed values: Δ = mean − mean₀ and SE = sqrt(s²/n + s₀²/n₀) (Welch). It *holds* when
+the runs' per-seed values: Δ = mean − mean₀, and its standard error SE is that of the mean of the
+per-seed differences when both sides ran the same seeds (paired: a pair shares its data order,
+augmentation and backbone initialisation), else sqrt(s²/n + s₀²/n₀) (Welch). It *holds* when
 Δ > 2·SE in the paper's direction, is *contradicted* when Δ < −2·SE, and is *not established*
 otherwise, whatever the sign of Δ; with one seed per side there is no spread, so nothing is
 established (run with ``--seeds 3``).
@@ -250,10 +252,16 @@ class Measured:
     """Per configuration (name, schedule): its runs and per-seed values of every metric."""
 
     runs: dict[tuple[str, str], list[Run]] = field(default_factory=dict)
-    values: dict[tuple[str, str, str], list[float]] = field(default_factory=dict)
+    values: dict[tuple[str, str, str], dict[int, float]] = field(default_factory=dict)
+
+    def add(self, config: str, schedule: str, metric: str, seed: int, value: float) -> None:
+        self.values.setdefault((config, schedule, metric), {})[int(seed)] = float(value)
+
+    def by_seed(self, config: str, schedule: str, metric: str) -> dict[int, float]:
+        return self.values.get((config, schedule, metric), {})
 
     def stat(self, config: str, schedule: str, metric: str) -> Stat | None:
-        return summarize(self.values.get((config, schedule, metric), []))
+        return summarize(list(self.by_seed(config, schedule, metric).values()))
 
 
 def measure_runs(plan: Plan) -> Measured:
@@ -269,7 +277,7 @@ def measure_runs(plan: Plan) -> Measured:
             continue
         for metric, value in (run.metrics or {}).items():
             if isinstance(value, int | float) and math.isfinite(value):
-                measured.values.setdefault((*key, metric), []).append(float(value))
+                measured.add(*key, metric, run.seed, value)
     return measured
 
 
@@ -277,6 +285,22 @@ def finished_by_seed(measured: Measured, config: str, schedule: str) -> dict[int
     return {
         int(r.seed): r for r in measured.runs.get((config, schedule), []) if r.status == FINISHED
     }
+
+
+def difference(
+    measured: Measured, config: str, other: str, schedule: str, metric: str
+) -> tuple[float, float | None]:
+    """(Δ, SE) of ``config`` − ``other`` on ``metric``: paired over seeds when both sides have
+    the same two or more seeds (a pair shares its data order, augmentation and backbone
+    initialisation), else Welch's SE of two independent means (None with one run on a side)."""
+    a = measured.by_seed(config, schedule, metric)
+    b = measured.by_seed(other, schedule, metric)
+    if len(a) >= 2 and set(a) == set(b):
+        diffs = [a[s] - b[s] for s in sorted(a)]
+        stat = summarize(diffs)
+        return stat.mean, stat.std / math.sqrt(stat.n)
+    d = compare(summarize(list(a.values())), summarize(list(b.values())))
+    return d.delta, d.se
 
 
 def judge(claim: Claim, measured: Measured, schedule: str) -> Verdict:
@@ -289,8 +313,8 @@ def judge(claim: Claim, measured: Measured, schedule: str) -> Verdict:
         if best is None or base is None:
             missing = claim.better if best is None else other
             return Verdict(claim, NO_RESULT, detail=f"no finished run of {missing}")
-        d = compare(best, base)
-        margins.append((sign * d.delta, d.delta, d.se, other, (best.n, base.n)))
+        delta, se = difference(measured, claim.better, other, schedule, claim.metric)
+        margins.append((sign * delta, delta, se, other, (best.n, base.n)))
     closest = min(margins, key=lambda m: m[0])
     _, delta, se, other, n = closest
     if any(m[2] is None for m in margins):
@@ -314,8 +338,10 @@ def verdict_text(v: Verdict, digits: int = 1) -> str:
     metric = v.claim.metric
     name, unit, digits = _METRIC_WORDS.get(metric, (metric, "", digits))
     if metric.startswith("grad_"):
-        name, unit, digits = f"gradient ({metric[5:]})", " dB", 2
-    against = f" vs {v.against}" if len(v.claim.worse) > 1 else ""
+        group = {"all": "all", "r": "rare", "c": "common", "f": "frequent"}[metric[5:]]
+        name, unit, digits = f"gradient ({group})", " dB", 2
+    label = material.CONFIG_LABELS.get(v.against or "", v.against)
+    against = f" vs {label}" if len(v.claim.worse) > 1 else ""
     text = f"{v.verdict}: Δ{name}{against} = {v.delta:+.{digits}f}{unit}"
     if v.se is not None:
         text += f" ± {v.se:.{digits}f} (SE), {v.n[0]} and {v.n[1]} seeds"
@@ -348,8 +374,7 @@ def measure_gradients(measured: Measured, item: Item) -> Any:
             for group in GROUPS:
                 value = entry["groups"][group]
                 if math.isfinite(value):
-                    key = (name, item.schedule, f"grad_{group}")
-                    measured.values.setdefault(key, []).append(value)
+                    measured.add(name, item.schedule, f"grad_{group}", runs[0].seed, value)
         first = first or comparison
     return first
 
@@ -368,7 +393,6 @@ def measure_kl(measured: Measured, item: Item, data: Path) -> Any:
         )
         for name, entry in zip(names, comparison.to_dict()["runs"], strict=True):
             if math.isfinite(entry["kl_mean"]):
-                key = (name, item.schedule, "kl_mean")
-                measured.values.setdefault(key, []).append(entry["kl_mean"])
+                measured.add(name, item.schedule, "kl_mean", runs[0].seed, entry["kl_mean"])
         first = first or comparison
     return first
