@@ -150,4 +150,7 @@ def _print_summary(summary: dict) -> None:
     console.print(table)
     console.print(f"report written to {summary['report']}")
     if summary["run_seconds"] is not None:
-        console.print(f"training and evaluation: {summary['run_seconds'] / 60:.1f} min in all")
+        console.print(
+            f"training and evaluating {summary['runs_timed']} of the {summary['runs']} runs took "
+            f"{summary['run_seconds'] / 60:.1f} min (timings.json)"
+        )

@@ -353,6 +353,8 @@ def write_report(plan: Plan, total_seconds: float | None = None) -> dict[str, An
         "seeds": plan.seeds,
         "quick": plan.quick,
         "run_seconds": _run_seconds(plan),
+        "runs": len(plan.runs),
+        "runs_timed": sum(p.run.name in read_timings(plan.out) for p in plan.runs),
     }
 
 
@@ -414,7 +416,12 @@ def render_html(plan: Plan, sections: list[Section], total_seconds: float | None
     timing = ""
     run_seconds = _run_seconds(plan)
     if run_seconds is not None:
-        timing = f" Training and evaluation took {run_seconds / 60:.1f} min in all (timings.json)."
+        timings = read_timings(plan.out)
+        timed = sum(p.run.name in timings for p in plan.runs)
+        timing = (
+            f" Training and evaluating {timed} of its {len(plan.runs)} runs took "
+            f"{run_seconds / 60:.1f} min (timings.json; runs trained by other means are not timed)."
+        )
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
         "<title>gumbel reproduce: the supplementary material on the embedded benchmark</title>",
