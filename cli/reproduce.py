@@ -43,7 +43,9 @@ def reproduce(
     quick: Annotated[
         bool,
         typer.Option(
-            "--quick", help="Shortened schedules (2 epochs for 1x, 4 for 2x), to try it out."
+            "--quick",
+            help="Shortened schedules (2 epochs for 1x, 4 for 2x) and detections above 0.05, "
+            "to try it out.",
         ),
     ] = False,
     device: DeviceOption = None,

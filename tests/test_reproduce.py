@@ -247,6 +247,8 @@ def test_reproduce_quick_end_to_end_then_resumes_and_adds_seeds(tiny_material, t
     claims = summary["claims"]
     assert len(claims) == sum(len(ITEMS[k].claims) for k in DEFAULT_ITEMS)
     assert {c["verdict"] for c in claims} == {NOT_ESTABLISHED}  # one seed: never established
+    config = json.loads((out / "runs" / "gumbel-1x-quick-s0" / "config.json").read_text())
+    assert config["epochs"] == 1 and config["score_threshold"] == material.QUICK_SCORE_THRESHOLD
     gumbel = json.loads((out / "runs" / "gumbel-1x-quick-s0" / "metrics.json").read_text())
     row = _csv_rows(out / "tables" / "table3.csv")["Gumbel"]
     assert float(row["AP"]) == pytest.approx(gumbel["AP"]) and row["AP_std"] == ""

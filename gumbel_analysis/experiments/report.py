@@ -250,7 +250,10 @@ def claims_table(verdicts: list[Verdict]) -> Table:
 
 def _schedule_words(item: Item, plan: Plan) -> str:
     if plan.quick:
-        return f"--quick schedule (shortened {item.schedule}; not the material's numbers)"
+        return (
+            f"--quick: shortened {item.schedule} schedule, detections scoring above "
+            f"{material.QUICK_SCORE_THRESHOLD:g} (not the material's numbers)"
+        )
     return f"schedule {item.schedule}"
 
 

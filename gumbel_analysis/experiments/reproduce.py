@@ -155,6 +155,8 @@ def plan_reproduce(
                 **config.values(epochs if quick else None, item.schedule),
                 "data": str(data),
             }
+            if quick:
+                values["score_threshold"] = material.QUICK_SCORE_THRESHOLD
             for s in seed_list:
                 path = run_path(out, config, item.schedule, quick, s)
                 planned = plan_run(path, values, check_loss_config, seed=s, temperature=None)
