@@ -13,7 +13,6 @@ from gumbel_analysis.cli.common import (
     JsonOption,
     console,
     err_console,
-    fail,
     print_json,
     reports_input_errors,
 )
@@ -21,6 +20,7 @@ from gumbel_analysis.cli.training_options import (
     CheckpointEveryOption,
     DeviceOption,
     WorkersOption,
+    check_counts_and_device,
 )
 from gumbel_analysis.experiments.material import ALL_ITEMS, DEFAULT_ITEMS
 
@@ -74,14 +74,9 @@ def reproduce(
     from gumbel_analysis.experiments import reproduce as lib
     from gumbel_analysis.experiments.report import write_report
 
-    for name, value, least in (
-        ("--workers", workers, 0),
-        ("--checkpoint-every", checkpoint_every, 0),
-    ):
-        if value is not None and value < least:
-            fail(f"{name} must be at least {least}, got {value}")
-    if device is not None and device not in ("auto", "cpu") and not device.startswith("cuda"):
-        fail(f"unknown --device {device!r}; use cpu, cuda or auto")
+    check_counts_and_device(
+        device, (("--workers", workers, 0), ("--checkpoint-every", checkpoint_every, 0))
+    )
     items = lib.parse_only(only, DEFAULT_ITEMS)
     machine = {
         k: v
@@ -101,13 +96,7 @@ def reproduce(
     def announce(i: int, n: int, planned: lib.Planned, left: float | None) -> None:
         if quiet:
             return
-        action = {
-            "train": "training",
-            "restart": "training again (killed before its first checkpoint)",
-            "resume": "resuming from its last checkpoint",
-            "evaluate": "evaluating its final model",
-            "skip": f"skipped ({planned.run.state})",
-        }[planned.run.action]
+        action = planned.run.describe_action()
         eta = (
             "time left: known after the first run"
             if left is None

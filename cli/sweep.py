@@ -27,6 +27,7 @@ from gumbel_analysis.cli.training_options import (
     SamplerName,
     ScheduleOption,
     WorkersOption,
+    check_counts_and_device,
 )
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.paper import PAPER_SIGMAS
@@ -103,17 +104,16 @@ def sweep(
     from gumbel_analysis.experiments import sweep as lib
     from gumbel_analysis.experiments.table import to_rich
 
-    for name, value, least in (
-        ("--epochs", epochs, 1),
-        ("--max-iters", max_iters, 1),
-        ("--batch-size", batch_size, 1),
-        ("--workers", workers, 0),
-        ("--checkpoint-every", checkpoint_every, 0),
-    ):
-        if value is not None and value < least:
-            fail(f"{name} must be at least {least}, got {value}")
-    if device is not None and device not in ("auto", "cpu") and not device.startswith("cuda"):
-        fail(f"unknown --device {device!r}; use cpu, cuda or auto")
+    check_counts_and_device(
+        device,
+        (
+            ("--epochs", epochs, 1),
+            ("--max-iters", max_iters, 1),
+            ("--batch-size", batch_size, 1),
+            ("--workers", workers, 0),
+            ("--checkpoint-every", checkpoint_every, 0),
+        ),
+    )
     if data is not None:
         from gumbel_analysis.engine.setup import data_paths
 
@@ -151,15 +151,8 @@ def sweep(
     def announce(i: int, n: int, item: lib.PlannedRun) -> None:
         if quiet:
             return
-        what = {
-            lib.TRAIN: "training",
-            lib.RESTART: "training again (killed before its first checkpoint)",
-            lib.RESUME: "resuming from its last checkpoint",
-            lib.EVALUATE: "evaluating its final model",
-            lib.SKIP: f"skipped ({item.state})",
-        }[item.action]
         err_console.rule(f"run {i}/{n}: {item.name} (σ = {item.temperature:g}, seed {item.seed})")
-        err_console.print(what, markup=False)
+        err_console.print(item.describe_action(), markup=False)
 
     lib.run_sweep(plan, progress=not quiet, console=err_console, announce=announce)
     table = lib.sweep_table(plan)

@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 
 from gumbel_analysis.engine.config import PRESET_DEFAULTS
+from gumbel_analysis.errors import InputError
 
 PresetName = StrEnum("PresetName", {p: p for p in PRESET_DEFAULTS})
 
@@ -24,6 +25,18 @@ class SamplerName(StrEnum):
 class Schedule(StrEnum):
     x1 = "1x"
     x2 = "2x"
+
+
+def check_counts_and_device(
+    device: str | None, counts: tuple[tuple[str, int | None, int], ...]
+) -> None:
+    """Before anything is written: each (flag, value, least) given is at least ``least``, and
+    ``--device`` is cpu, cuda[:N] or auto. Raises InputError naming the flag."""
+    for name, value, least in counts:
+        if value is not None and value < least:
+            raise InputError(f"{name} must be at least {least}, got {value}")
+    if device is not None and device not in ("auto", "cpu") and not device.startswith("cuda"):
+        raise InputError(f"unknown --device {device!r}; use cpu, cuda or auto")
 
 
 DataOption = Annotated[

@@ -68,6 +68,16 @@ class PlannedRun:
     def name(self) -> str:
         return self.path.name
 
+    def describe_action(self) -> str:
+        """What is done with the folder, in words (for progress lines)."""
+        return {
+            TRAIN: "training",
+            RESTART: "training again (killed before its first checkpoint)",
+            RESUME: "resuming from its last checkpoint",
+            EVALUATE: "evaluating its final model",
+            SKIP: f"skipped ({self.state})",
+        }[self.action]
+
     def as_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,

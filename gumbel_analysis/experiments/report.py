@@ -345,8 +345,9 @@ def write_report(plan: Plan, total_seconds: float | None = None) -> dict[str, An
             md += ["## Claims\n", to_markdown(claims_table(section.verdicts))]
         _write_text(tables_dir / f"{section.item.key}.md", "\n".join(md))
         _write_text(tables_dir / f"{section.item.key}.csv", to_csv(section.table))
+    timed, run_seconds = _timed_runs(plan)
     report = out / "report.html"
-    _write_text(report, render_html(plan, sections, total_seconds))
+    _write_text(report, render_html(plan, sections, total_seconds, timed, run_seconds))
     return {
         "out": str(out),
         "report": str(report),
@@ -355,16 +356,17 @@ def write_report(plan: Plan, total_seconds: float | None = None) -> dict[str, An
         "claims": [v.as_dict() | {"item": s.item.key} for s in sections for v in s.verdicts],
         "seeds": plan.seeds,
         "quick": plan.quick,
-        "run_seconds": _run_seconds(plan),
+        "run_seconds": run_seconds,
         "runs": len(plan.runs),
-        "runs_timed": sum(p.run.name in read_timings(plan.out) for p in plan.runs),
+        "runs_timed": timed,
     }
 
 
-def _run_seconds(plan: Plan) -> float | None:
+def _timed_runs(plan: Plan) -> tuple[int, float | None]:
+    """How many of the plan's runs timings.json holds, and their total seconds (None: none)."""
     timings = read_timings(plan.out)
     spans = [timings[p.run.name] for p in plan.runs if p.run.name in timings]
-    return round(sum(spans), 1) if spans else None
+    return len(spans), (round(sum(spans), 1) if spans else None)
 
 
 # --- HTML ---------------------------------------------------------------------------------------
@@ -413,14 +415,17 @@ def _data_table(plan: Plan) -> str:
     return to_html(table)
 
 
-def render_html(plan: Plan, sections: list[Section], total_seconds: float | None) -> str:
+def render_html(
+    plan: Plan,
+    sections: list[Section],
+    total_seconds: float | None,
+    timed: int,
+    run_seconds: float | None,
+) -> str:
     spec = material.BENCHMARK
     seeds = ("seed " if len(plan.seeds) == 1 else "seeds ") + ", ".join(map(str, plan.seeds))
     timing = ""
-    run_seconds = _run_seconds(plan)
     if run_seconds is not None:
-        timings = read_timings(plan.out)
-        timed = sum(p.run.name in timings for p in plan.runs)
         timing = (
             f" Training and evaluating {timed} of its {len(plan.runs)} runs took "
             f"{run_seconds / 60:.1f} min (timings.json; runs trained by other means are not timed)."
