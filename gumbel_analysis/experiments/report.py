@@ -84,9 +84,11 @@ def _cell_text(cell: Any, digits: int) -> str:
     return str(cell)
 
 
-def _csv_cells(columns: list[str], row: list[Any]) -> dict[str, str]:
-    out: dict[str, str] = {}
+def _csv_cells(columns: list[str], row: list[Any]) -> dict[str, dict[str, str]]:
+    """Per column, its CSV fields: the value, and ``_std``/``_n`` or ``_se``/``_exceeds``."""
+    cells: dict[str, dict[str, str]] = {}
     for name, cell in zip(columns, row, strict=True):
+        out = cells[name] = {}
         if isinstance(cell, Stat):
             out[name] = repr(cell.mean)
             out[f"{name}_std"] = "" if cell.std is None else repr(cell.std)
@@ -100,7 +102,7 @@ def _csv_cells(columns: list[str], row: list[Any]) -> dict[str, str]:
             out[name] = ""
         else:
             out[name] = str(cell)
-    return out
+    return cells
 
 
 def to_markdown(table: Table) -> str:
@@ -115,9 +117,10 @@ def to_markdown(table: Table) -> str:
 def to_csv(table: Table) -> str:
     rows = [_csv_cells(table.columns, row) for row in table.rows]
     header: list[str] = []
-    for column in table.columns:  # each column's keys (mean, _std, _n, ...) side by side
+    for column in table.columns:  # each column's fields side by side, in the columns' order
         for row in rows:
-            header += [k for k in row if k.startswith(column) and k not in header]
+            header += [k for k in row[column] if k not in header]
+    rows = [{k: v for fields in row.values() for k, v in fields.items()} for row in rows]
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, header, lineterminator="\n")
     writer.writeheader()
