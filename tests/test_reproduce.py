@@ -19,11 +19,13 @@ from gumbel_analysis.experiments.material import ALL_ITEMS, DEFAULT_ITEMS, ITEMS
 from gumbel_analysis.experiments.reproduce import (
     CONTRADICTED,
     HOLDS,
+    MAX_SEEDS_NEEDED,
     NO_RESULT,
     NOT_ESTABLISHED,
     Measured,
     judge,
     parse_only,
+    seeds_to_resolve,
     verdict_text,
 )
 
@@ -142,6 +144,46 @@ def test_within_the_spread_is_not_established_whatever_the_sign():
     for a in ([14.0, 6.0, 13.0], [9.0, 10.0, 8.5]):  # mean above, then below b's
         v = judge(claim, measured_with({"a": a, "b": [9.0, 10.0, 11.0]}, "APr"), "1x")
         assert v.verdict == NOT_ESTABLISHED and "within the seed spread" in verdict_text(v)
+
+
+def smallest_resolving_seed_count(delta: float, sd: float) -> int:
+    """Brute force: the fewest seeds n with |delta| > 2 sd / sqrt(n)."""
+    n = 1
+    while not abs(delta) > 2 * sd / math.sqrt(n):
+        n += 1
+    return n
+
+
+def test_not_established_says_how_many_seeds_would_resolve_the_difference():
+    """Gumbel - Sigmoid APr of the embedded benchmark's 3 seeds: +2.6 within the spread; the
+    same per-seed spread resolves it at the first seed count where 2 SE falls below 2.6."""
+    claim = Claim("a > b", "APr", "a", ("b",), "+3")
+    a, b = [38.3, 33.9, 30.6], [31.8, 29.9, 33.4]
+    v = judge(claim, measured_with({"a": a, "b": b}, "APr", paired=True), "1x")
+    diffs = [x - y for x, y in zip(a, b, strict=True)]
+    expected = smallest_resolving_seed_count(statistics.fmean(diffs), statistics.stdev(diffs))
+    assert v.verdict == NOT_ESTABLISHED and v.seeds_needed == expected
+    assert expected > 3
+    assert f"needs about {expected} seeds per side" in verdict_text(v)
+    assert v.as_dict()["seeds_needed"] == expected
+
+
+@pytest.mark.parametrize(
+    ("delta", "sd", "seeds"), [(3.0, 4.8, 3), (-1.0, 2.0, 5), (0.5, 0.3, 2), (2.0, 2.0, 4)]
+)
+def test_seeds_to_resolve_is_the_fewest_seeds_beyond_two_standard_errors(delta, sd, seeds):
+    assert seeds_to_resolve(delta, sd / math.sqrt(seeds), seeds) == (
+        smallest_resolving_seed_count(delta, sd)
+    )
+
+
+def test_seeds_to_resolve_caps_hopeless_differences_and_ignores_zero():
+    assert seeds_to_resolve(0.0, 1.0, 3) is None
+    assert seeds_to_resolve(0.01, 5.0, 3) == MAX_SEEDS_NEEDED + 1
+    claim = Claim("a > b", "AP", "a", ("b",), "+1")
+    v = judge(claim, measured_with({"a": [10.0, 0.0, 5.01], "b": [5.0, 5.0, 5.0]}), "1x")
+    assert v.verdict == NOT_ESTABLISHED
+    assert f"more than {MAX_SEEDS_NEEDED} seeds" in verdict_text(v)
 
 
 def test_the_opposite_beyond_the_spread_contradicts():

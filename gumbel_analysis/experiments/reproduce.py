@@ -233,6 +233,7 @@ class Verdict:
     against: str | None = None  # the configuration of that margin
     n: tuple[int, int] = (0, 0)
     detail: str = ""
+    seeds_needed: int | None = None  # not established: seeds per side to resolve |delta|
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -245,6 +246,7 @@ class Verdict:
             "against": self.against,
             "n": list(self.n),
             "detail": self.detail or None,
+            "seeds_needed": self.seeds_needed,
             "text": verdict_text(self),
         }
 
@@ -327,7 +329,39 @@ def judge(claim: Claim, measured: Measured, schedule: str) -> Verdict:
         return Verdict(claim, CONTRADICTED, worst[1], worst[2], worst[3], worst[4])
     if all(m[0] > SPREAD_FACTOR * m[2] for m in margins):
         return Verdict(claim, HOLDS, delta, se, other, n)
-    return Verdict(claim, NOT_ESTABLISHED, delta, se, other, n, "within the seed spread")
+    needed = seeds_to_resolve(delta, se, min(n))
+    return Verdict(claim, NOT_ESTABLISHED, delta, se, other, n, "within the seed spread", needed)
+
+
+#: Above this many seeds, "seeds needed" is reported as "more than".
+MAX_SEEDS_NEEDED = 1000
+
+
+def seeds_to_resolve(delta: float, se: float, seeds: int) -> int | None:
+    """Seeds per side at which a difference of ``|delta|`` would exceed ``SPREAD_FACTOR``
+    standard errors, if the per-seed spread stays as measured with ``seeds`` seeds.
+
+    SE shrinks as 1/sqrt(seeds) (paired or Welch, with equal seeds per side), so the smallest
+    n' with ``|delta| > SPREAD_FACTOR * se * sqrt(seeds / n')`` is
+    ``floor(seeds * (SPREAD_FACTOR * se / |delta|)^2) + 1``. None for a zero difference, and
+    above MAX_SEEDS_NEEDED, MAX_SEEDS_NEEDED + 1 (read: more than MAX_SEEDS_NEEDED).
+    """
+    if delta == 0 or seeds < 1:
+        return None
+    ratio = seeds * (SPREAD_FACTOR * se / abs(delta)) ** 2
+    if ratio >= MAX_SEEDS_NEEDED:
+        return MAX_SEEDS_NEEDED + 1
+
+    def resolves(count: int) -> bool:
+        return abs(delta) > SPREAD_FACTOR * se * math.sqrt(seeds / count)
+
+    needed = math.floor(ratio) + 1
+    # rounding at an exact boundary (ratio an integer) may leave it one off either way
+    while not resolves(needed):
+        needed += 1
+    while needed > 1 and resolves(needed - 1):
+        needed -= 1
+    return needed
 
 
 _METRIC_WORDS = {"kl_mean": ("KL", " nats", 3)}
@@ -349,7 +383,12 @@ def verdict_text(v: Verdict, digits: int = 1) -> str:
         text += f" ± {v.se:.{digits}f} (SE), {v.n[0]} and {v.n[1]} seeds"
     if v.detail == "one seed: no spread":
         return text + " (one seed: no spread; use --seeds 3)"
-    return text + (f"; {v.detail}" if v.detail else "")
+    text += f"; {v.detail}" if v.detail else ""
+    if v.seeds_needed is not None:
+        more = "more than " if v.seeds_needed > MAX_SEEDS_NEEDED else "about "
+        count = min(v.seeds_needed, MAX_SEEDS_NEEDED)
+        text += f" (a difference this size needs {more}{count} seeds per side)"
+    return text
 
 
 def _paired_seeds(measured: Measured, names: Sequence[str], schedule: str) -> list[list[Run]]:
