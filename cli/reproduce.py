@@ -67,7 +67,7 @@ def reproduce(
     The data is the embedded benchmark (48 classes, 18 rare; made in OUT/data). Runs go to
     OUT/runs/CONFIG-SCHEDULE-sSEED and are shared between items; rerun the command and finished
     runs are skipped, killed ones resumed. Time on 2 CPU cores (tiny preset; a 1x run takes 6-7
-    min): the default (Table 3 and Figures 1-3, 7 runs) about 45-50 min; --quick 7 min; every
+    min): the default (Table 3 and Figures 1-3, 7 runs) 45 min (measured); --quick 7 min; every
     item (--only table1,table2,table3,table4,fig1,fig2,fig3: 15 runs at 1x, 16 at 2x) about 5
     hours per seed, 15 hours with --seeds 3.
     """
