@@ -233,7 +233,13 @@ class Verdict:
     against: str | None = None  # the configuration of that margin
     n: tuple[int, int] = (0, 0)
     detail: str = ""
-    seeds_needed: int | None = None  # not established: seeds per side to resolve |delta|
+
+    @property
+    def seeds_needed(self) -> int | None:
+        """Not established with a spread: the seeds per side that would resolve ``delta``."""
+        if self.verdict != NOT_ESTABLISHED or self.delta is None or self.se is None:
+            return None
+        return seeds_to_resolve(self.delta, self.se, min(self.n))
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -329,8 +335,7 @@ def judge(claim: Claim, measured: Measured, schedule: str) -> Verdict:
         return Verdict(claim, CONTRADICTED, worst[1], worst[2], worst[3], worst[4])
     if all(m[0] > SPREAD_FACTOR * m[2] for m in margins):
         return Verdict(claim, HOLDS, delta, se, other, n)
-    needed = seeds_to_resolve(delta, se, min(n))
-    return Verdict(claim, NOT_ESTABLISHED, delta, se, other, n, "within the seed spread", needed)
+    return Verdict(claim, NOT_ESTABLISHED, delta, se, other, n, "within the seed spread")
 
 
 #: Above this many seeds, "seeds needed" is reported as "more than".
@@ -355,12 +360,11 @@ def seeds_to_resolve(delta: float, se: float, seeds: int) -> int | None:
     def resolves(count: int) -> bool:
         return abs(delta) > SPREAD_FACTOR * se * math.sqrt(seeds / count)
 
-    needed = math.floor(ratio) + 1
-    # rounding at an exact boundary (ratio an integer) may leave it one off either way
+    # floor(ratio) - 1 cannot resolve even with rounding; step up from floor(ratio), which
+    # decides an exact boundary (ratio an integer) the way the criterion is evaluated
+    needed = max(1, math.floor(ratio))
     while not resolves(needed):
         needed += 1
-    while needed > 1 and resolves(needed - 1):
-        needed -= 1
     return needed
 
 
