@@ -134,3 +134,9 @@ TemperatureOption = Annotated[
     float, typer.Option("--temperature", "-t", help="Gumbel temperature sigma of Eq. 3.")
 ]
 SeedOption = Annotated[int, typer.Option("--seed", help="Random seed.")]
+ProgressOption = Annotated[
+    bool,
+    typer.Option(
+        "--progress/--no-progress", help="Show progress bars on stderr (never with --json)."
+    ),
+]

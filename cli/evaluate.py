@@ -10,6 +10,7 @@ import typer
 
 from gumbel_analysis.cli.common import (
     JsonOption,
+    ProgressOption,
     console,
     err_console,
     print_json,
@@ -81,7 +82,7 @@ def evaluate(
         int | None,
         typer.Option(help="Runs: data loader workers (per process). Default: the run's."),
     ] = None,
-    progress: Annotated[bool, typer.Option("--progress/--no-progress")] = True,
+    progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """LVIS AP (AP, AP50, AP75, APs, APm, APl, APr, APc, APf) for masks and boxes (APb).

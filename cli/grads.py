@@ -21,6 +21,7 @@ from gumbel_analysis.analysis.gradients import (
 )
 from gumbel_analysis.cli.common import (
     JsonOption,
+    ProgressOption,
     console,
     err_console,
     print_json,
@@ -83,6 +84,7 @@ def grads(
             "(figure panels and a table).",
         ),
     ] = False,
+    show_progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Mean positive gradient of the classifier logits per category, in dB (Fig. 2).
@@ -118,6 +120,7 @@ def grads(
         MofNCompleteColumn(),
         console=err_console,
         transient=True,
+        disable=not show_progress or as_json,
     ) as progress:
         logs = []
         for source in sources:

@@ -21,6 +21,7 @@ from gumbel_analysis.analysis.kl import (
 from gumbel_analysis.analysis.kl_plot import plot_kl_dist
 from gumbel_analysis.cli.common import (
     JsonOption,
+    ProgressOption,
     SeedOption,
     console,
     err_console,
@@ -86,6 +87,7 @@ def kl_dist(
     count: Annotated[
         bool, typer.Option("--count", help="Count detections instead of summing their scores.")
     ] = False,
+    show_progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Compare each run's predicted category distribution per image with the target (Fig. 3).
@@ -122,6 +124,7 @@ def kl_dist(
         TimeRemainingColumn(),
         console=err_console,
         transient=True,
+        disable=not show_progress or as_json,
     ) as progress:
 
         def track(description: str, total: int):

@@ -10,6 +10,7 @@ from rich.table import Table
 
 from gumbel_analysis.cli.common import (
     JsonOption,
+    ProgressOption,
     SeedOption,
     console,
     print_json,
@@ -50,6 +51,7 @@ def make_data(
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")
     ] = False,
+    progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Write a synthetic long-tailed instance-segmentation dataset in the LVIS v1 format.
@@ -69,7 +71,7 @@ def make_data(
         seed=seed,
         val_min_images=val_min_images,
     )
-    make_synthetic(out, spec, progress=True, overwrite=overwrite)
+    make_synthetic(out, spec, progress=progress and not as_json, overwrite=overwrite)
     train = read_json(out / "annotations" / ANNOTATION_FILES["train"])
     val = read_json(out / "annotations" / ANNOTATION_FILES["val"])
     groups = group_summary(train, val)

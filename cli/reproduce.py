@@ -11,6 +11,7 @@ import typer
 
 from gumbel_analysis.cli.common import (
     JsonOption,
+    ProgressOption,
     console,
     err_console,
     print_json,
@@ -51,9 +52,7 @@ def reproduce(
     device: DeviceOption = None,
     workers: WorkersOption = None,
     checkpoint_every: CheckpointEveryOption = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
-    ] = True,
+    progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Train what the selected tables and figures need, then write OUT/report.html.

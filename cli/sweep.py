@@ -10,6 +10,7 @@ import typer
 
 from gumbel_analysis.cli.common import (
     JsonOption,
+    ProgressOption,
     console,
     err_console,
     fail,
@@ -86,9 +87,7 @@ def sweep(
             help="Figure file (Fig. 1.ii): .png, .pdf or .svg. Default: OUT/figure_1ii.png.",
         ),
     ] = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show progress bars.")
-    ] = True,
+    progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
     """Train one run per temperature (and seed) into OUT, then draw Fig. 1.ii and its table.

@@ -13,6 +13,7 @@ import typer
 
 from gumbel_analysis.cli.common import (
     JsonOption,
+    ProgressOption,
     console,
     err_console,
     fail,
@@ -101,9 +102,7 @@ def train(
         ),
     ] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Random seed.")] = None,
-    progress: Annotated[
-        bool, typer.Option("--progress/--no-progress", help="Show a progress bar.")
-    ] = True,
+    progress: ProgressOption = True,
     as_json: JsonOption = False,
     **loss_values: Any,
 ) -> None:

@@ -178,3 +178,33 @@ def test_figure_labels_cut_off_errors_beyond_float64():
 
     assert _scientific(math.log10(4.54e-5)) == "4.5e-05"
     assert _scientific(-400.3) == "5.0e-401"  # exp(-exp(...)) far below float64's range
+
+
+LONG_COMMANDS = ("train", "eval", "grads", "kl-dist", "make-data", "sweep", "reproduce")
+
+
+def test_every_long_command_has_the_one_progress_switch():
+    """Commands with progress bars take --progress/--no-progress, meaning the same everywhere."""
+    import typer
+
+    from gumbel_analysis.cli.common import ProgressOption
+
+    group = typer.main.get_command(app)
+    ctx = group.make_context("gumbel", ["--help"], resilient_parsing=True)
+    shared_help = ProgressOption.__metadata__[0].help
+    for name in LONG_COMMANDS:
+        command = group.get_command(ctx, name)
+        switches = [p for p in command.get_params(ctx) if "--progress" in p.opts]
+        assert len(switches) == 1, name
+        assert switches[0].secondary_opts == ["--no-progress"], name
+        assert switches[0].help == shared_help, name
+
+
+def test_make_data_no_progress_prints_no_bar(tmp_path):
+    result = run(
+        "make-data", str(tmp_path / "d"), "--classes", "4", "--images", "20", "--val-images", "4",
+        "--val-min-images", "1", "--size", "32", "--no-progress",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert result.stderr == ""
+    assert (tmp_path / "d" / "annotations" / "lvis_v1_train.json").is_file()
