@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Annotated
 
@@ -24,6 +25,7 @@ from gumbel_analysis.data.synthetic import (
     group_summary,
     make_synthetic,
 )
+from gumbel_analysis.errors import InputError
 
 _DEFAULT = SyntheticSpec()
 _GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
@@ -33,9 +35,12 @@ _GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 def make_data(
     out: Annotated[Path, typer.Argument(help="Folder to create (absent or empty).")],
     classes: Annotated[int, typer.Option("--classes", help="Categories.")] = _DEFAULT.classes,
-    images: Annotated[
-        int, typer.Option("--images", help="Training images.")
+    train_images: Annotated[
+        int, typer.Option("--train-images", help="Training images.")
     ] = _DEFAULT.train_images,
+    images: Annotated[
+        int | None, typer.Option("--images", hidden=True, help="Old spelling of --train-images.")
+    ] = None,
     val_images: Annotated[
         int, typer.Option("--val-images", help="Validation images.")
     ] = _DEFAULT.val_images,
@@ -63,9 +68,13 @@ def make_data(
     1000 images). The same parameters give byte-identical files. `gumbel train` without --data
     makes the default one itself.
     """
+    if images is not None:
+        if train_images != _DEFAULT.train_images and train_images != images:
+            raise InputError("give --train-images once (--images is its old spelling)")
+        train_images = images
     spec = SyntheticSpec(
         classes=classes,
-        train_images=images,
+        train_images=train_images,
         val_images=val_images,
         size=size,
         seed=seed,
@@ -79,14 +88,7 @@ def make_data(
     report = {
         "out": str(out),
         "key": spec.key(),
-        "spec": {
-            "classes": classes,
-            "train_images": images,
-            "val_images": val_images,
-            "size": size,
-            "seed": seed,
-            "val_min_images": val_min_images,
-        },
+        "spec": dataclasses.asdict(spec),
         "thresholds": {"rare_max_images": rare, "common_max_images": common},
         "groups": groups,
         "total": {

@@ -202,8 +202,8 @@ def test_every_long_command_has_the_one_progress_switch():
 
 def test_make_data_no_progress_prints_no_bar(tmp_path):
     result = run(
-        "make-data", str(tmp_path / "d"), "--classes", "4", "--images", "20", "--val-images", "4",
-        "--val-min-images", "1", "--size", "32", "--no-progress",
+        "make-data", str(tmp_path / "d"), "--classes", "4", "--train-images", "20",
+        "--val-images", "4", "--val-min-images", "1", "--size", "32", "--no-progress",
     )  # fmt: skip
     assert result.exit_code == 0, result.output
     assert result.stderr == ""

@@ -450,6 +450,7 @@ def test_old_spellings_are_hidden_aliases(tmp_path, run_dir):
         ("grads", "--epoch-range", "--epochs"),
         ("grads", "--label", "--labels"),
         ("kl-dist", "--label", "--labels"),
+        ("make-data", "--train-images", "--images"),
     ):
         help_text = runner.invoke(app, [command, "--help"]).stdout
         assert new in help_text
@@ -457,6 +458,22 @@ def test_old_spellings_are_hidden_aliases(tmp_path, run_dir):
     a = runner.invoke(app, ["grads", str(run_dir), "--epochs", "0:", "--json"])
     b = runner.invoke(app, ["grads", str(run_dir), "--epoch-range", "0:", "--json"])
     assert a.exit_code == b.exit_code == 0 and a.stdout == b.stdout
+
+
+def test_make_data_images_is_the_old_spelling_of_train_images(tmp_path):
+    small = ["--classes", "4", "--val-images", "4", "--val-min-images", "1", "--size", "32"]
+    old = runner.invoke(app, ["make-data", str(tmp_path / "a"), "--images", "20", *small, "--json"])
+    new = runner.invoke(
+        app, ["make-data", str(tmp_path / "b"), "--train-images", "20", *small, "--json"]
+    )
+    assert old.exit_code == new.exit_code == 0, old.output + new.output
+    assert json.loads(old.stdout)["key"] == json.loads(new.stdout)["key"]
+    assert json.loads(new.stdout)["spec"]["train_images"] == 20
+    both = runner.invoke(
+        app, ["make-data", str(tmp_path / "c"), "--images", "20", "--train-images", "30", *small]
+    )
+    assert both.exit_code == 2 and "--train-images once" in both.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_label_may_come_before_the_inputs(run_dir):

@@ -300,7 +300,18 @@ def test_default_cache_root_follows_the_environment(monkeypatch, tmp_path):
     assert synthetic.default_cache_root() == tmp_path / "x" / "gumbel-analysis"
 
 
-ARGS = ["--classes", "8", "--images", "40", "--val-images", "12", "--size", "64", "--seed", "3"]
+ARGS = [
+    "--classes",
+    "8",
+    "--train-images",
+    "40",
+    "--val-images",
+    "12",
+    "--size",
+    "64",
+    "--seed",
+    "3",
+]
 
 
 def test_make_data_command_writes_the_dataset_and_reports_groups(small, tmp_path):
@@ -342,7 +353,7 @@ def test_make_data_into_a_non_empty_folder_fails_with_one_line(tmp_path):
 
 @pytest.mark.parametrize(
     "extra",
-    [["--classes", "1"], ["--size", "8"], ["--classes", "150", "--images", "40"]],
+    [["--classes", "1"], ["--size", "8"], ["--classes", "150", "--train-images", "40"]],
 )
 def test_make_data_bad_values_fail_with_one_line(tmp_path, extra):
     result = CliRunner().invoke(app, ["make-data", str(tmp_path / "out"), *ARGS, *extra])

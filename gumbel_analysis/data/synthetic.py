@@ -112,9 +112,7 @@ class SyntheticSpec:
         if not 3 <= self.classes <= MAX_CLASSES:
             raise InputError(f"--classes must be in 3..{MAX_CLASSES}, got {self.classes}")
         if self.train_images < 20:
-            raise InputError(
-                f"--images (training images) must be at least 20, got {self.train_images}"
-            )
+            raise InputError(f"--train-images must be at least 20, got {self.train_images}")
         if self.val_images < 1:
             raise InputError(f"--val-images must be at least 1, got {self.val_images}")
         if not 32 <= self.size <= 1024:
@@ -328,7 +326,9 @@ def _assign(counts: np.ndarray, images: int, rng: np.random.Generator) -> list[l
             capacity[chosen] -= 1
         else:
             return rows
-    raise InputError("could not spread the classes over the images; change --images or --classes")
+    raise InputError(
+        "could not spread the classes over the images; change --train-images or --classes"
+    )
 
 
 def _objects(classes_per_image: list[list[int]], rng: np.random.Generator) -> list[list[int]]:

@@ -448,7 +448,7 @@ def render_html(
         f"<p>Synthetic long-tailed LVIS-format data: {spec.classes} classes, "
         f"{spec.train_images} training and {spec.val_images} validation images of "
         f"{spec.size} px, at least {spec.val_min_images} validation images per class. "
-        f"<code>gumbel make-data DIR --classes {spec.classes} --images {spec.train_images} "
+        f"<code>gumbel make-data DIR --classes {spec.classes} --train-images {spec.train_images} "
         f"--val-images {spec.val_images} --val-min-images {spec.val_min_images}</code></p>",
         _data_table(plan),
     ]
