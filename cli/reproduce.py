@@ -63,12 +63,12 @@ def reproduce(
     its difference exceeds 2 standard errors over seeds, else it is not established (always with
     one seed).
 
-    The data is the embedded benchmark (48 classes, 18 rare; made in OUT/data). Runs go to
+    The data is the embedded benchmark (96 classes, 43 rare; made in OUT/data). Runs go to
     OUT/runs/CONFIG-SCHEDULE-sSEED and are shared between items; rerun the command and finished
-    runs are skipped, killed ones resumed. Time on 2 CPU cores (tiny preset; a 1x run takes 6-7
-    min): the default (Table 3 and Figures 1-3, 7 runs) 45 min (measured); --quick 7 min; every
-    item (--only table1,table2,table3,table4,fig1,fig2,fig3: 15 runs at 1x, 16 at 2x) about 5
-    hours per seed, 15 hours with --seeds 3.
+    runs are skipped, killed ones resumed. Time on 2 CPU cores (tiny preset; a 1x run takes 6-9
+    min): the default (Table 3 and Figures 1-3, 7 runs) 50 min (measured); --quick 7 min;
+    every item (--only table1,table2,table3,table4,fig1,fig2,fig3: 15 runs at 1x, 16 at 2x)
+    about 6 hours per seed, 18 hours with --seeds 3.
     """
     from gumbel_analysis.experiments import reproduce as lib
     from gumbel_analysis.experiments.report import write_report

@@ -81,7 +81,9 @@ def test_the_benchmark_has_lvis_like_groups():
     counts = train_image_counts(spec.classes, spec.train_images)
     groups = [frequency_group(int(n), frequency_thresholds(spec.train_images)) for n in counts]
     rare, common, frequent = (groups.count(g) for g in "rcf")
-    assert rare + common > 0.75 * spec.classes and rare >= 15 and frequent >= 5
+    # Most classes rare or common, every group present, and APr an average over many classes
+    # (its seed spread falls with their number; docs/reproduce.md).
+    assert rare + common > 0.75 * spec.classes and rare >= 40 and frequent >= 1
     val = val_image_counts(counts, spec.train_images, spec.val_images, spec.val_min_images)
     assert val.min() >= 6
 

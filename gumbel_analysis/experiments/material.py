@@ -27,12 +27,15 @@ from gumbel_analysis.paper import (
     PAPER_TABLE4,
 )
 
-#: The embedded benchmark (chosen before any method was compared on it): LVIS-like in what the
-#: long-tail methods respond to: 48 classes, of which 18 rare, 21 common and 9 frequent (LVIS v1:
-#: 28/38/34%); 600 training images as the default data (the same training time); 600 validation
-#: images with at least 6 per class, so AP^r averages 18 classes seen 6+ times each.
+#: The embedded benchmark: LVIS-like in what the long-tail methods respond to: 96 classes, of
+#: which 43 rare (in 1-6 of the 600 training images), 51 common and 2 frequent; 600 training
+#: images as the default data (the same training time); 600 validation images with at least 6 per
+#: class, so AP^r averages 43 classes seen 6+ times each. It replaced a 48-class version (18 rare)
+#: whose APr scattered 3-4 points between seeds: each rare class is all-or-nothing per seed, so
+#: APr's spread falls with the number of rare classes averaged (docs/reproduce.md). The switch was
+#: decided on the seed spread alone, by a rule written down before any metric of it was read.
 BENCHMARK = SyntheticSpec(
-    classes=48, train_images=600, val_images=600, size=128, seed=0, val_min_images=6
+    classes=96, train_images=600, val_images=600, size=128, seed=0, val_min_images=6
 )
 
 #: Epochs of the tiny preset per schedule, and with --quick.
@@ -178,7 +181,7 @@ _register(
         claims=tuple(
             _pair(m, GUMBEL, other, _paper_delta(PAPER_TABLE3, "gumbel", other.name, m))
             for other in (SIGMOID, SOFTMAX)
-            for m in ("AP", "APr")
+            for m in ("AP", "APr", "APb")  # the paper's Table 3 reports box AP too
         ),
         note="The paper's frameworks beyond Mask R-CNN (ResNet-101/ResNeXt, Cascade, HTC) are not "
         "run; the tiny preset stands for Mask R-CNN ResNet-50.",
