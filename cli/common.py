@@ -26,6 +26,7 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 EXIT_BAD_INPUT = 2
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 
 def fail(message: str) -> NoReturn:
@@ -126,6 +127,14 @@ def _is_number(token: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+def old_spelling(name: str, value: T | None, old_name: str, old_value: T | None) -> T | None:
+    """The value of option ``name`` that also answers to a hidden ``old_name`` (both default
+    None): whichever was given; both given is bad input."""
+    if value is not None and old_value is not None:
+        raise InputError(f"give {name} once ({old_name} is its old spelling)")
+    return value if value is not None else old_value
 
 
 # Options shared by several commands.

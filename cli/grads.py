@@ -24,6 +24,7 @@ from gumbel_analysis.cli.common import (
     ProgressOption,
     console,
     err_console,
+    old_spelling,
     print_json,
     reports_input_errors,
 )
@@ -107,9 +108,7 @@ def grads(
         check_figure_path(plot)
     if db_scale not in (10, 20):
         raise InputError(f"--db-scale must be 10 or 20, got {db_scale}")
-    if epochs is not None and epoch_range is not None:
-        raise InputError("give --epoch-range once (--epochs is its old spelling)")
-    spec = epoch_range if epoch_range is not None else epochs
+    spec = old_spelling("--epoch-range", epoch_range, "--epochs", epochs)
     epoch_range = parse_epochs(spec) if spec is not None else None
     labels = [*(label or []), *(labels or [])] or None
     if labels and len(labels) != len(sources):

@@ -14,6 +14,7 @@ from gumbel_analysis.cli.common import (
     ProgressOption,
     SeedOption,
     console,
+    old_spelling,
     print_json,
     reports_input_errors,
 )
@@ -25,7 +26,6 @@ from gumbel_analysis.data.synthetic import (
     group_summary,
     make_synthetic,
 )
-from gumbel_analysis.errors import InputError
 
 _DEFAULT = SyntheticSpec()
 _GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
@@ -36,8 +36,13 @@ def make_data(
     out: Annotated[Path, typer.Argument(help="Folder to create (absent or empty).")],
     classes: Annotated[int, typer.Option("--classes", help="Categories.")] = _DEFAULT.classes,
     train_images: Annotated[
-        int, typer.Option("--train-images", help="Training images.")
-    ] = _DEFAULT.train_images,
+        int | None,
+        typer.Option(  # None: --images may stand in; the shown default is the spec's
+            "--train-images",
+            help=f"Training images. [default: {_DEFAULT.train_images}]",
+            show_default=False,
+        ),
+    ] = None,
     images: Annotated[
         int | None, typer.Option("--images", hidden=True, help="Old spelling of --train-images.")
     ] = None,
@@ -68,13 +73,10 @@ def make_data(
     1000 images). The same parameters give byte-identical files. `gumbel train` without --data
     makes the default one itself.
     """
-    if images is not None:
-        if train_images != _DEFAULT.train_images and train_images != images:
-            raise InputError("give --train-images once (--images is its old spelling)")
-        train_images = images
+    train_images = old_spelling("--train-images", train_images, "--images", images)
     spec = SyntheticSpec(
         classes=classes,
-        train_images=train_images,
+        train_images=_DEFAULT.train_images if train_images is None else train_images,
         val_images=val_images,
         size=size,
         seed=seed,

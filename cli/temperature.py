@@ -8,8 +8,13 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from gumbel_analysis.cli.common import JsonOption, console, print_json, reports_input_errors
-from gumbel_analysis.errors import InputError
+from gumbel_analysis.cli.common import (
+    JsonOption,
+    console,
+    old_spelling,
+    print_json,
+    reports_input_errors,
+)
 from gumbel_analysis.paper import PAPER_CLIP, PAPER_SIGMAS
 
 
@@ -47,9 +52,7 @@ def temperature(
     from gumbel_analysis.analysis.temperature import cutoff_table, plot_temperature
     from gumbel_analysis.math import check_clip_range, check_temperature
 
-    if plot is not None and out is not None:
-        raise InputError("give --plot once (--out is its old spelling)")
-    out = plot if plot is not None else out
+    out = old_spelling("--plot", plot, "--out", out)
     sigmas = list(sigma) if sigma else list(PAPER_SIGMAS)
     for s in sigmas:
         check_temperature(s)

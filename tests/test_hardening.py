@@ -474,6 +474,12 @@ def test_make_data_images_is_the_old_spelling_of_train_images(tmp_path):
     )
     assert both.exit_code == 2 and "--train-images once" in both.stderr
     assert not (tmp_path / "c").exists()
+    # also when --train-images is given at its default value
+    both = runner.invoke(
+        app, ["make-data", str(tmp_path / "c"), "--images", "30", "--train-images", "600", *small]
+    )
+    assert both.exit_code == 2 and "--train-images once" in both.stderr
+    assert not (tmp_path / "c").exists()
 
 
 def test_label_may_come_before_the_inputs(run_dir):
