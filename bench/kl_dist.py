@@ -32,8 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
+from gumbel_analysis.groups import GROUP_NAMES
+
 EPS = 1e-6
-GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
 
 # ----------------------------------------------------------------------------- the problem

@@ -13,7 +13,6 @@ from rich.table import Table
 from gumbel_analysis.analysis.kl import (
     DEFAULT_EPS,
     DEFAULT_NUM_IMAGES,
-    GROUP_NAMES,
     KLComparison,
     KLOptions,
     compare_runs,
@@ -29,6 +28,7 @@ from gumbel_analysis.cli.common import (
     reports_input_errors,
 )
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.groups import GROUP_NAMES
 
 
 @reports_input_errors

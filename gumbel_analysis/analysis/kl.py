@@ -35,9 +35,10 @@ from pathlib import Path
 import numpy as np
 from scipy.special import rel_entr
 
-from gumbel_analysis.data.lvis_io import FREQUENCY_GROUPS, load_lvis_json, sorted_categories
+from gumbel_analysis.data.lvis_io import load_lvis_json, sorted_categories
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.evaluation.results import read_results
+from gumbel_analysis.groups import FREQUENCY_GROUPS, GROUP_NAMES
 
 DEFAULT_EPS = 1e-6
 DEFAULT_NUM_IMAGES = 4
@@ -46,7 +47,6 @@ MAX_CHOSEN_IMAGES = 20
 #: Natural log of each allowed base: KL in nats ("e") or bits ("2").
 LOG_BASES = {"e": 1.0, "2": math.log(2.0)}
 UNITS = {"e": "nats", "2": "bits"}
-GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
 
 #: ``progress(description, total_bytes) -> advance(bytes)`` (advance may be None); ``advance``
@@ -80,8 +80,8 @@ class KLOptions:
 
 
 @dataclass(frozen=True)
-class GroundTruth:
-    """The arrays of an LVIS ground truth that the distributions need.
+class ImageCategoryCounts:
+    """Ground-truth instances per (image, category) of an LVIS file: the target distributions.
 
     Rows are the images with at least one instance (``target_images``, indices into
     ``image_ids``); a pair is one (row, category) with instances, sorted by ``pair_key``.
@@ -143,8 +143,9 @@ class GroundTruth:
 
 
 @dataclass(frozen=True)
-class Detections:
-    """Detections mapped to dense indices of a ground truth (``image_index`` into its image ids)."""
+class IndexedDetections:
+    """Detections mapped to dense indices of an :class:`ImageCategoryCounts` (``image_index``
+    into its image ids, ``category_index`` into its category ids)."""
 
     source: str
     image_index: np.ndarray
@@ -168,7 +169,7 @@ class RunKL:
 class KLComparison:
     """Every run compared with one ground truth; ``to_dict`` is what ``--json`` prints."""
 
-    gt: GroundTruth
+    gt: ImageCategoryCounts
     options: KLOptions
     chosen_rows: np.ndarray
     runs: list[RunKL] = field(default_factory=list)
@@ -235,7 +236,7 @@ def kl_divergence(target: np.ndarray, predicted: np.ndarray, base: str = "e") ->
 # ----------------------------------------------------------------------------- ground truth
 
 
-def ground_truth_from_dict(data: dict, source: str = "annotation file") -> GroundTruth:
+def ground_truth_from_dict(data: dict, source: str = "annotation file") -> ImageCategoryCounts:
     """Arrays of a validated LVIS dict (:func:`gumbel_analysis.data.lvis_io.load_lvis_json`)."""
     cats = sorted_categories(data)
     category_ids = np.array([int(c["id"]) for c in cats], dtype=np.int64)
@@ -259,7 +260,7 @@ def ground_truth_from_dict(data: dict, source: str = "annotation file") -> Groun
     pair_count = pair_count.astype(np.float64)
     groups = [c.get("frequency") for c in cats]
     frequency = np.array(groups) if all(g in FREQUENCY_GROUPS for g in groups) else None
-    return GroundTruth(
+    return ImageCategoryCounts(
         source=source,
         image_ids=image_ids,
         category_ids=category_ids,
@@ -277,7 +278,7 @@ def ground_truth_from_dict(data: dict, source: str = "annotation file") -> Groun
 
 
 def choose_rows(
-    gt: GroundTruth,
+    gt: ImageCategoryCounts,
     image_ids: Sequence[int] | None = None,
     num_images: int = DEFAULT_NUM_IMAGES,
     seed: int = 0,
@@ -304,12 +305,12 @@ def choose_rows(
 
 
 def match_detections(
-    gt: GroundTruth,
+    gt: ImageCategoryCounts,
     image_ids: np.ndarray,
     category_ids: np.ndarray,
     scores: np.ndarray,
     source: str = "results file",
-) -> Detections:
+) -> IndexedDetections:
     """Map ids to the ground truth's dense indices; an unknown id is an :class:`InputError`."""
     indices = []
     for name, ids, known in (
@@ -326,19 +327,21 @@ def match_detections(
                 f"which is not in the ground truth {gt.source}"
             )
         indices.append(index)
-    return Detections(source, indices[0], indices[1], scores, total=len(scores))
+    return IndexedDetections(source, indices[0], indices[1], scores, total=len(scores))
 
 
 def load_detections(
     path: str | os.PathLike,
-    gt: GroundTruth,
+    gt: ImageCategoryCounts,
     progress: Callable[[int], None] | None = None,
-) -> Detections:
+) -> IndexedDetections:
     cols = read_results(path, geometry=False, progress=progress)
     return match_detections(gt, cols.image_id, cols.category_id, cols.score, str(path))
 
 
-def select_detections(det: Detections, score_threshold: float = 0.0, top_k: int = 0) -> Detections:
+def select_detections(
+    det: IndexedDetections, score_threshold: float = 0.0, top_k: int = 0
+) -> IndexedDetections:
     """Keep ``score >= score_threshold``, then each image's ``top_k`` highest scores (0: all).
 
     Ties keep the file's order.
@@ -355,15 +358,15 @@ def select_detections(det: Detections, score_threshold: float = 0.0, top_k: int 
         rank = np.arange(len(order)) - np.repeat(starts, sizes)
         kept = np.sort(order[rank < top_k])
         image, category, score = image[kept], category[kept], score[kept]
-    return Detections(det.source, image, category, score, det.total)
+    return IndexedDetections(det.source, image, category, score, det.total)
 
 
 # ----------------------------------------------------------------------------- one run
 
 
-def evaluate_run(
-    gt: GroundTruth,
-    det: Detections,
+def kl_of_run(
+    gt: ImageCategoryCounts,
+    det: IndexedDetections,
     options: KLOptions,
     label: str,
     chosen_rows: np.ndarray | None = None,
@@ -439,7 +442,7 @@ def evaluate_run(
     return RunKL(label, det.source, kl, summary, chosen_predicted)
 
 
-def _group_means(gt: GroundTruth, kl: np.ndarray) -> dict | None:
+def _group_means(gt: ImageCategoryCounts, kl: np.ndarray) -> dict | None:
     groups = gt.group_rows()
     if groups is None:
         return None
@@ -503,7 +506,7 @@ def compare_runs(
         advance(gt_path.stat().st_size)
     for path, label in zip(result_paths, names, strict=True):
         det = load_detections(path, gt, track(label, Path(path).stat().st_size))
-        comparison.runs.append(evaluate_run(gt, det, options, label, chosen))
+        comparison.runs.append(kl_of_run(gt, det, options, label, chosen))
         del det
     return comparison
 

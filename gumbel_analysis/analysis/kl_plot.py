@@ -8,7 +8,8 @@ from pathlib import Path
 
 import numpy as np
 
-from gumbel_analysis.analysis.kl import GROUP_NAMES, KLComparison, RunKL
+from gumbel_analysis.analysis.kl import KLComparison, RunKL
+from gumbel_analysis.groups import GROUP_NAMES
 
 _GROUP_COLORS = {"f": "tab:blue", "c": "tab:orange", "r": "tab:red", None: "tab:gray"}
 
