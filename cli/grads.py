@@ -12,7 +12,6 @@ from rich.table import Table
 
 from gumbel_analysis.analysis.gradients import (
     DEFAULT_DB_SCALE,
-    GROUP_NAMES,
     GROUPS,
     compare_logs,
     parse_epochs,
@@ -29,8 +28,7 @@ from gumbel_analysis.cli.common import (
     reports_input_errors,
 )
 from gumbel_analysis.errors import InputError
-
-_COLUMNS = {"all": "all", **GROUP_NAMES}
+from gumbel_analysis.groups import GROUP_LABELS
 
 
 @reports_input_errors
@@ -148,7 +146,7 @@ def grads(
 
 def _print_tables(report: dict, negatives: bool) -> None:
     scale, runs = report["db_scale"], report["runs"]
-    sizes = ", ".join(f"{_COLUMNS[g]} {report['group_sizes'][g]}" for g in GROUPS)
+    sizes = ", ".join(f"{GROUP_LABELS[g]} {report['group_sizes'][g]}" for g in GROUPS)
     table = Table(
         title=f"Mean positive gradient per category, {scale}·log10 (dB)",
         caption=f"mean over each group's categories ({sizes}) of the per-category dB; missing: "
@@ -158,7 +156,7 @@ def _print_tables(report: dict, negatives: bool) -> None:
     table.add_column("rows", justify="right")
     table.add_column("iterations", justify="right", no_wrap=True)
     for g in GROUPS:
-        table.add_column(_COLUMNS[g], justify="right")
+        table.add_column(GROUP_LABELS[g], justify="right")
     table.add_column("missing", justify="right")
     for run in runs:
         first, last = run["iterations"]
@@ -177,7 +175,7 @@ def _print_tables(report: dict, negatives: bool) -> None:
         )
         diff.add_column("difference", no_wrap=True)
         for g in GROUPS:
-            diff.add_column(_COLUMNS[g], justify="right")
+            diff.add_column(GROUP_LABELS[g], justify="right")
         for entry in report["differences"]:
             diff.add_row(entry["label"], *(_db(entry["groups"][g], signed=True) for g in GROUPS))
         console.print(diff)
@@ -191,7 +189,7 @@ def _print_tables(report: dict, negatives: bool) -> None:
         neg.add_column("run", no_wrap=True)
         neg.add_column("value", no_wrap=True)
         for g in GROUPS:
-            neg.add_column(_COLUMNS[g], justify="right")
+            neg.add_column(GROUP_LABELS[g], justify="right")
         for run in runs:
             for name, key in (("|g⁻|", "negative_groups"), ("|g⁺|/|g⁻|", "ratio_groups")):
                 neg.add_row(run["label"], name, *(_db(run[key][g]) for g in GROUPS))

@@ -26,9 +26,9 @@ from gumbel_analysis.data.synthetic import (
     group_summary,
     make_synthetic,
 )
+from gumbel_analysis.groups import FREQUENCY_GROUPS, GROUP_NAMES
 
 _DEFAULT = SyntheticSpec()
-_GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 
 
 @reports_input_errors
@@ -112,7 +112,7 @@ def make_data(
     table.add_column("group")
     for column in ("classes", "train images", "train instances", "val images", "val instances"):
         table.add_column(column, justify="right")
-    rows = [(f"{_GROUP_NAMES[g]} ({g})", groups[g]) for g in ("r", "c", "f")]
+    rows = [(f"{GROUP_NAMES[g]} ({g})", groups[g]) for g in FREQUENCY_GROUPS]
     rows.append(("all", report["total"]))
     for name, row in rows:
         table.add_row(

@@ -39,7 +39,14 @@ import h5py
 import numpy as np
 
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.hooks.grad_log import INDEX_DATASETS, LOG_NAME, SCHEMA, SCHEMA_VERSION
+from gumbel_analysis.groups import FREQUENCY_GROUPS, GROUP_NAMES
+from gumbel_analysis.hooks.grad_log import (
+    CATEGORY_FIELDS,
+    INDEX_DATASETS,
+    LOG_NAME,
+    SCHEMA,
+    SCHEMA_VERSION,
+)
 from gumbel_analysis.hooks.grad_log import QUANTITIES as ROW_DATASETS
 
 if TYPE_CHECKING:
@@ -47,9 +54,11 @@ if TYPE_CHECKING:
 
 DB_SCALES = (10, 20)
 DEFAULT_DB_SCALE = 20
-GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
-GROUPS = ("all", "r", "c", "f")
-CATEGORY_FIELDS = ("id", "name", "frequency", "image_count")
+#: The summary's groups: all categories, then each frequency group.
+GROUPS = ("all", *FREQUENCY_GROUPS)
+#: The format's category fields that the reader needs (``instance_count`` is not read, so a log
+#: without it is still accepted).
+READ_CATEGORY_FIELDS = tuple(name for name in CATEGORY_FIELDS if name != "instance_count")
 #: Rows read at once when summing (1203 categories: about 10 MB per dataset block).
 BLOCK_ROWS = 1024
 #: A live SWMR writer can make a plain open report "truncated file" for a moment; retry this
@@ -162,7 +171,7 @@ def resolve_log_path(path: str | os.PathLike) -> Path:
     return path
 
 
-def open_grad_log(path: Path) -> h5py.File:
+def _open_read_only(path: Path) -> h5py.File:
     """Open read-only: plainly, or with SWMR when a writer has the file open (or was killed).
 
     A plain open comes first because it checks the file's size against the size its superblock
@@ -216,7 +225,7 @@ def read_grad_log(
     iterations being 1-based) are left out, as are rows that only some datasets have yet.
     """
     source = resolve_log_path(path)
-    f = open_grad_log(source)
+    f = _open_read_only(source)
     try:
         with f:
             return _read(f, source, epochs, progress)
@@ -246,7 +255,7 @@ def _read(
         )
     missing = [n for n in (*ROW_DATASETS, *INDEX_DATASETS, "categories") if n not in f]
     if "categories" in f:
-        missing += [f"categories/{n}" for n in CATEGORY_FIELDS if n not in f["categories"]]
+        missing += [f"categories/{n}" for n in READ_CATEGORY_FIELDS if n not in f["categories"]]
     if missing:
         raise InputError(f"gradient log {source} lacks {', '.join(missing)}")
     cats = f["categories"]
@@ -257,7 +266,7 @@ def _read(
         raise InputError(
             f"gradient log {source} has {C} categories but num_classes = {num_classes}"
         )
-    for name in CATEGORY_FIELDS[1:]:
+    for name in READ_CATEGORY_FIELDS[1:]:  # after id, whose length is C
         if cats[name].shape != (C,):
             raise InputError(f"gradient log {source}: categories/{name} does not have {C} rows")
     if len(np.unique(ids)) != C:

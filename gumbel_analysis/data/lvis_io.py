@@ -20,8 +20,7 @@ from typing import Any
 import numpy as np
 
 from gumbel_analysis.errors import InputError
-
-FREQUENCY_GROUPS = ("r", "c", "f")
+from gumbel_analysis.groups import FREQUENCY_GROUPS
 
 
 def read_json(

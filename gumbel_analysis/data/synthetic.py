@@ -56,6 +56,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.groups import FREQUENCY_GROUPS
 from gumbel_analysis.io import make_temp_dir
 
 #: Bumped whenever the generator's output changes, so cached datasets are rebuilt.
@@ -176,7 +177,7 @@ def train_image_counts(classes: int, train_images: int) -> np.ndarray:
             f"(at most {MAX_MEAN_CLASSES:g} classes per image); use fewer classes or more images"
         )
     thresholds = frequency_thresholds(m)
-    missing = set("rcf") - {frequency_group(int(n), thresholds) for n in result}
+    missing = set(FREQUENCY_GROUPS) - {frequency_group(int(n), thresholds) for n in result}
     if missing:
         raise InputError(
             f"{classes} classes in {m} training images leave the frequency group(s) "
@@ -256,7 +257,7 @@ def default_cache_root() -> Path:
 def group_summary(train: dict, val: dict | None = None) -> dict:
     """Per frequency group: classes, and images and instances in each split (LVIS dicts)."""
     group_of = {int(c["id"]): c["frequency"] for c in train["categories"]}
-    summary = {g: {"classes": 0} for g in ("r", "c", "f")}
+    summary = {g: {"classes": 0} for g in FREQUENCY_GROUPS}
     for g in group_of.values():
         summary[g]["classes"] += 1
     for split, data in (("train", train), ("val", val)):

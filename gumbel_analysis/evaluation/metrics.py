@@ -19,6 +19,7 @@ from rich.table import Table
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.evaluation import lvis_eval
 from gumbel_analysis.evaluation.results import Detections, read_results, results_from_entries
+from gumbel_analysis.groups import FREQUENCY_GROUPS
 
 #: The AP metrics of ``LVISEval.results`` the paper reports, in its tables' order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
@@ -87,7 +88,7 @@ def evaluate_results(
         raise InputError("results must be a list of LVIS result entries or a results file")
     check_against(gt_data, dets)
     for cid, freq in zip(gt_data.cat_ids.tolist(), gt_data.frequency, strict=True):
-        if freq not in lvis_eval.FREQUENCY_GROUPS:
+        if freq not in FREQUENCY_GROUPS:
             raise InputError(f"ground truth category {cid} has no frequency group r/c/f")
     notes = [] if notes is None else notes
     if not len(dets):
