@@ -81,12 +81,6 @@ class Detections:
         return len(self.score)
 
     @property
-    def has_bbox(self) -> np.ndarray:
-        if self.bbox is None:
-            return np.zeros(len(self), dtype=bool)
-        return ~np.isnan(self.bbox).any(axis=1)
-
-    @property
     def has_mask(self) -> np.ndarray:
         if self.offsets is None:
             return np.zeros(len(self), dtype=bool)
