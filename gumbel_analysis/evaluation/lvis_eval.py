@@ -44,11 +44,11 @@ from gumbel_analysis.evaluation.results import Detections
 from gumbel_analysis.groups import FREQUENCY_GROUPS
 
 IOU_TYPES = ("segm", "bbox")
-#: ``LVISEval.params``: IoU thresholds .50:.05:.95, recall levels 0:.01:1, area ranges.
+#: ``LVISEval.params``: IoU thresholds .50:.05:.95, recall levels 0:.01:1, area ranges (all,
+#: small, medium, large).
 IOU_THRESHOLDS = np.linspace(0.5, 0.95, int(np.round((0.95 - 0.5) / 0.05)) + 1, endpoint=True)
 RECALL_LEVELS = np.linspace(0.0, 1.00, int(np.round((1.00 - 0.0) / 0.01)) + 1, endpoint=True)
 AREA_RANGES = np.array([[0**2, 1e5**2], [0**2, 32**2], [32**2, 96**2], [96**2, 1e5**2]])
-AREA_NAMES = ("all", "small", "medium", "large")
 #: Padded IoU entries (images x detections x ground truth) matched in one numpy batch.
 _BATCH_ELEMENTS = 1 << 19
 

@@ -36,8 +36,6 @@ from gumbel_analysis.errors import InputError
 _PIECE_BYTES = 64 << 20
 _WINDOW_BYTES = 1 << 20
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
-#: What the reader keeps of each detection beyond image, category and score.
-GEOMETRY = ("bbox", "segmentation")
 
 
 class _RLE(msgspec.Struct):
