@@ -18,12 +18,12 @@ from rich.table import Table
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.evaluation import lvis_eval
+from gumbel_analysis.evaluation.lvis_eval import IOU_TYPES
 from gumbel_analysis.evaluation.results import Detections, read_results, results_from_entries
 from gumbel_analysis.groups import FREQUENCY_GROUPS
 
 #: The AP metrics of ``LVISEval.results`` the paper reports, in its tables' order.
 METRIC_NAMES = ("AP", "AP50", "AP75", "APs", "APm", "APl", "APr", "APc", "APf")
-IOU_TYPES = ("segm", "bbox")
 EVALUATORS = ("fast", "lvis")
 #: Prefix of the box metrics in :func:`evaluate_results`'s dict (mask metrics have none).
 BOX_PREFIX = "bbox/"
