@@ -40,7 +40,7 @@ import numpy as np
 import pycocotools.mask as mask_utils
 
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.evaluation.results import Detections
+from gumbel_analysis.evaluation.results import RLE, Detections
 from gumbel_analysis.groups import FREQUENCY_GROUPS
 
 IOU_TYPES = ("segm", "bbox")
@@ -85,12 +85,7 @@ class _LVIS(msgspec.Struct):
     categories: list[_Category]
 
 
-class _RLE(msgspec.Struct):
-    size: list[int]
-    counts: str | list[int]
-
-
-_POLYGONS_OR_RLE = list[list[float]] | _RLE
+_POLYGONS_OR_RLE = list[list[float]] | RLE
 
 
 @dataclass

@@ -38,7 +38,9 @@ _WINDOW_BYTES = 1 << 20
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 
 
-class _RLE(msgspec.Struct):
+class RLE(msgspec.Struct):
+    """A mask as LVIS/COCO files write it: compressed (``counts`` a string) or not (a list)."""
+
     size: list[int]
     counts: str | list[int]
 
@@ -54,7 +56,7 @@ class _GeometryEntry(msgspec.Struct):
     category_id: int | float
     score: float
     bbox: list[float] | None = None
-    segmentation: _RLE | None = None
+    segmentation: RLE | None = None
 
 
 @dataclass
@@ -300,7 +302,7 @@ class _Reader:
                 raise self.error(
                     index, "has a segmentation that is not an RLE {size: [h, w], counts}"
                 )
-            segm = _RLE(size=segm["size"], counts=segm["counts"])
+            segm = RLE(size=segm["size"], counts=segm["counts"])
         return _GeometryEntry(**fields, bbox=bbox and [float(x) for x in bbox], segmentation=segm)
 
     def _columns(self, entries: list) -> dict[str, Any]:
