@@ -529,7 +529,7 @@ def _alignment(ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
     return order[np.searchsorted(ids[order], target_ids)]
 
 
-def run_name(source: Path) -> str:
+def run_name_of_log(source: Path) -> str:
     """The run folder's name for ``RUN/grads.h5``, else the file's stem."""
     source = Path(source)
     if source.name == LOG_NAME:
@@ -541,7 +541,7 @@ def default_labels(logs: Sequence[GradLog]) -> list[str]:
     """The loss name (file attribute ``loss``), or the run name where there is none. Runs that
     share a loss get ``loss (run name)`` where their names differ; labels still equal get
     `` (2)``, `` (3)``..."""
-    names = [run_name(log.source) for log in logs]
+    names = [run_name_of_log(log.source) for log in logs]
     base = [log.loss or name for log, name in zip(logs, names, strict=True)]
     counts = Counter(base)
     # the run name only helps where runs sharing a loss have different names
