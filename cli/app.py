@@ -8,8 +8,8 @@ from gumbel_analysis.cli import evaluate, grads, init_bias, kl_dist, make_data, 
 from gumbel_analysis.cli import reproduce as reproduce_cli
 from gumbel_analysis.cli import sweep as sweep_cli
 from gumbel_analysis.cli import table as table_cli
-from gumbel_analysis.cli.common import multi_value_command
-from gumbel_analysis.cli.lazy import LAZY_COMMANDS, GroupWithLazyCommands
+from gumbel_analysis.cli import train as train_cli
+from gumbel_analysis.cli.common import OneLineUsageErrors, multi_value_command
 
 APP_SETTINGS = dict(
     no_args_is_help=True,
@@ -19,26 +19,15 @@ APP_SETTINGS = dict(
 )
 
 
-def _load_train():
-    # Its loss options are read from the loss registry, which imports torch.
-    from gumbel_analysis.cli import train
-
-    return train.click_command(APP_SETTINGS)
-
-
-LAZY_COMMANDS["train"] = (
-    "Train Mask R-CNN with any loss of the registry, then evaluate it with LVISEval.",
-    _load_train,
-)
-
 app = typer.Typer(
     name="gumbel",
     help="Long-tailed instance segmentation with the Gumbel activation and GOL: losses, "
     "training and the supplementary material's analyses.",
-    cls=GroupWithLazyCommands,
+    cls=OneLineUsageErrors,
     **APP_SETTINGS,
 )
 
+app.command("train")(train_cli.train)
 app.command("eval", cls=multi_value_command("--iou-type"))(evaluate.evaluate)
 app.command("init-bias")(init_bias.init_bias)
 app.command("make-data")(make_data.make_data)

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import typer
 
@@ -25,13 +24,15 @@ from gumbel_analysis.cli.training_options import (
     GradLogOption,
     MaxItersOption,
     PresetOption,
-    SamplerName,
     ScheduleOption,
     WorkersOption,
-    check_counts_and_device,
+    field_option,
+    given_fields,
 )
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.paper import PAPER_SIGMAS
+from gumbel_analysis.spec import loss_entry
+from gumbel_analysis.spec.config import check_fields
 
 
 @reports_input_errors
@@ -51,15 +52,14 @@ def sweep(
     ] = None,
     seeds: Annotated[int, typer.Option(help="Runs per temperature (seeds --seed, +1, ...).")] = 1,
     seed: Annotated[int, typer.Option("--seed", help="Random seed of the first run.")] = 0,
-    data: Annotated[
-        Path | None,
-        typer.Option(help="LVIS-format folder, as for gumbel train. Default: the embedded data."),
-    ] = None,
+    data: field_option(
+        "data", "LVIS-format folder, as for gumbel train. Default: the embedded data."
+    ) = None,
     preset: PresetOption = None,
     loss: Annotated[
         str,
         typer.Option(
-            help="Loss of the registry (as gumbel train --loss), with the Gumbel activation: "
+            help="Loss of the catalogue (as gumbel train --loss), with the Gumbel activation: "
             "gumbel, gol, gol-star, or a method with --activation gumbel."
         ),
     ] = "gumbel",
@@ -69,9 +69,7 @@ def sweep(
             help="The loss's activation (as gumbel train --activation). Default: its own."
         ),
     ] = None,
-    sampler: Annotated[
-        SamplerName | None, typer.Option(help="random (the paper's Fig. 1.ii) or rfs.")
-    ] = None,
+    sampler: field_option("sampler", "random (the paper's Fig. 1.ii) or rfs.") = None,
     schedule: ScheduleOption = None,
     epochs: EpochsOption = None,
     max_iters: MaxItersOption = None,
@@ -103,16 +101,10 @@ def sweep(
     from gumbel_analysis.experiments import sweep as lib
     from gumbel_analysis.experiments.table import to_rich
 
-    check_counts_and_device(
-        device,
-        (
-            ("--epochs", epochs, 1),
-            ("--max-iters", max_iters, 1),
-            ("--batch-size", batch_size, 1),
-            ("--workers", workers, 0),
-            ("--checkpoint-every", checkpoint_every, 0),
-        ),
-    )
+    given = given_fields(locals())
+    check_fields(**{k: v for k, v in given.items() if k not in ("out", "seed")})
+    loss_entry(loss)  # one line naming --loss if the catalogue has no such loss
+    temperatures = list(temperature) if temperature else list(PAPER_SIGMAS)
     if data is not None:
         from gumbel_analysis.engine.setup import data_paths
 
@@ -125,23 +117,9 @@ def sweep(
     if figure.exists() and figure.is_dir():
         fail(f"--plot {figure} is a folder")
 
-    given: dict[str, Any] = {
-        "data": str(data.resolve()) if data is not None else None,
-        "preset": preset,
-        "loss": loss,
-        "activation": activation,
-        "sampler": sampler,
-        "schedule": schedule,
-        "epochs": epochs,
-        "max_iters": max_iters,
-        "batch_size": batch_size,
-        "device": device,
-        "workers": workers,
-        "checkpoint_every": checkpoint_every,
-        "grad_log": grad_log,
-    }
-    base = {k: str(v) if isinstance(v, StrEnum) else v for k, v in given.items() if v is not None}
-    temperatures = list(temperature) if temperature else list(PAPER_SIGMAS)
+    base = {k: v for k, v in given.items() if k not in ("out", "seed")}
+    if data is not None:
+        base["data"] = str(data.resolve())
     plan = lib.plan_sweep(base, temperatures, seeds, seed, out)
 
     out.mkdir(parents=True, exist_ok=True)

@@ -1,63 +1,127 @@
-"""Options that ``gumbel train`` and ``gumbel sweep`` share: one spelling, one meaning, one help.
-
-(``gumbel train`` adds its loss options from the loss registry, see ``cli/train.py``.)
-"""
+"""The options of a training run on the command line, built from their one declaration in
+``gumbel_analysis.spec`` (the run's fields and the loss catalogue): one spelling, one meaning,
+one help, one check, for ``gumbel train`` and ``gumbel sweep`` alike."""
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import Callable, Mapping
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any, get_type_hints
 
 import typer
 
-from gumbel_analysis.engine.config import PRESET_DEFAULTS
-from gumbel_analysis.errors import InputError
+from gumbel_analysis.spec import FIELD_OPTIONS, Option, available_losses, loss_entry
+from gumbel_analysis.spec.losses import option_uses
 
-PresetName = StrEnum("PresetName", {p: p for p in PRESET_DEFAULTS})
-
-
-class SamplerName(StrEnum):
-    random = "random"
-    rfs = "rfs"
+#: The help panel of the loss options in ``gumbel train --help``.
+LOSS_PANEL = "Loss options (each applies to the losses that declare it)"
+#: Fields whose command-line value is a path (passed on as text).
+_PATH_FIELDS = ("data", "weights", "out")
 
 
-class Schedule(StrEnum):
-    x1 = "1x"
-    x2 = "2x"
+def _choices(name: str, choices: tuple[str, ...]) -> type[StrEnum]:
+    return StrEnum(f"{name.title().replace('_', '')}Choice", {c: c for c in choices})
 
 
-def check_counts_and_device(
-    device: str | None, counts: tuple[tuple[str, int | None, int], ...]
-) -> None:
-    """Before anything is written: each (flag, value, least) given is at least ``least``, and
-    ``--device`` is cpu, cuda[:N] or auto. Raises InputError naming the flag."""
-    for name, value, least in counts:
-        if value is not None and value < least:
-            raise InputError(f"{name} must be at least {least}, got {value}")
-    if device is not None and device not in ("auto", "cpu") and not device.startswith("cuda"):
-        raise InputError(f"unknown --device {device!r}; use cpu, cuda or auto")
+def _python_type(name: str, option: Option) -> Any:
+    if name in _PATH_FIELDS:
+        return Path
+    if option.kind == "choice":
+        return _choices(name, option.choices)
+    return {"int": int, "float": float, "bool": bool, "str": str}[option.kind]
 
 
-DataOption = Annotated[
-    Path | None,
-    typer.Option(
-        help="LVIS-format folder (annotations/lvis_v1_train.json, lvis_v1_val.json, images). "
-        "Default: the embedded synthetic long-tailed dataset, made and cached on first use."
-    ),
-]
-PresetOption = Annotated[PresetName | None, typer.Option(help="Model preset. Default: tiny.")]
-SamplerOption = Annotated[SamplerName | None, typer.Option(help="random or rfs (repeat factors).")]
-EpochsOption = Annotated[int | None, typer.Option(help="Epochs (the tiny preset: 12).")]
-ScheduleOption = Annotated[Schedule | None, typer.Option(help="1x (12 epochs) or 2x (24).")]
-BatchSizeOption = Annotated[int | None, typer.Option(help="Images per process.")]
-DeviceOption = Annotated[str | None, typer.Option(help="cpu, cuda or auto.")]
-WorkersOption = Annotated[int | None, typer.Option(help="Data loader workers.")]
-MaxItersOption = Annotated[int | None, typer.Option(help="Stop after this many iterations.")]
-CheckpointEveryOption = Annotated[
-    int | None, typer.Option(help="Also checkpoint every N iterations (0: per epoch only).")
-]
-GradLogOption = Annotated[
-    bool | None,
-    typer.Option("--grad-log/--no-grad-log", help="Record per-class gradients to HDF5."),
-]
+def field_option(name: str, help: str | None = None) -> Any:
+    """``Annotated[T | None, typer.Option(...)]`` for the run field ``name``: its flag, type,
+    choices and help from the spec (``help`` replaces the help where a command means more).
+    ``None`` means "not given": the config file's, the saved run's or the preset's value."""
+    option = FIELD_OPTIONS[name]
+    flag = option.cli_flag
+    decls = [f"{flag}/--no-{flag[2:]}"] if option.kind == "bool" else [flag]
+    kind = _python_type(name, option)
+    return Annotated[kind | None, typer.Option(*decls, help=help or option.help)]
+
+
+def given_fields(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The run fields among a command's parameters that were given (not None), as the spec's
+    values: paths and choices as text."""
+    given = {}
+    for name, value in values.items():
+        if name in FIELD_OPTIONS and value is not None:
+            given[name] = str(value) if isinstance(value, Path | StrEnum) else value
+    return given
+
+
+def with_loss_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """``command`` with ``--loss``, ``--activation`` and every declared loss option of the
+    catalogue appended to its signature; they reach it as ``**loss_values``."""
+    hints = get_type_hints(command, include_extras=True)
+    params = [
+        p.replace(annotation=hints[p.name], kind=p.KEYWORD_ONLY)
+        for p in inspect.signature(command).parameters.values()
+        if p.kind is not p.VAR_KEYWORD
+    ]
+    loss_params = [_keyword("loss", _loss_option()), _keyword("activation", _activation_option())]
+    loss_params += [_keyword(use.option.name, _declared_option(use)) for use in option_uses()]
+    signature = inspect.Signature([*params, *loss_params])
+
+    def wrapper(**kwargs: Any) -> Any:
+        return command(**kwargs)
+
+    wrapper.__name__, wrapper.__doc__ = command.__name__, command.__doc__
+    wrapper.__signature__ = signature  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {p.name: p.annotation for p in signature.parameters.values()}
+    return wrapper
+
+
+def _keyword(name: str, annotation: Any) -> inspect.Parameter:
+    return inspect.Parameter(
+        name, inspect.Parameter.KEYWORD_ONLY, default=None, annotation=annotation
+    )
+
+
+def _loss_option() -> Any:
+    kind = _choices("loss", tuple(available_losses()))
+    help = FIELD_OPTIONS["loss"].help + " Default: gumbel."
+    return Annotated[kind | None, typer.Option("--loss", help=help)]
+
+
+def _activation_option() -> Any:
+    takes: dict[str, list[str]] = {}
+    for name in available_losses():
+        entry = loss_entry(name)
+        if not entry.fixed:  # aliases fix theirs
+            takes.setdefault("|".join(entry.activations), []).append(name)
+    text = "; ".join(f"{a} for {', '.join(n)}" for a, n in takes.items())
+    kind = _choices("activation", FIELD_OPTIONS["activation"].choices)
+    help = f"{text}. Default: the loss's first."
+    return Annotated[kind | None, typer.Option("--activation", help=help)]
+
+
+def _declared_option(use: Any) -> Any:
+    option = use.option
+    kind: Any = {"float": float, "int": int}.get(option.kind)
+    if option.kind == "choice":
+        kind = _choices(option.name, option.choices)
+    text = f"{option.help} [{', '.join(use.losses)}]"
+    if len(use.by_default) > 1:
+        text += " Default: " + "; ".join(f"{d} ({', '.join(n)})" for d, n in use.by_default.items())
+    elif option.default is not None:
+        text += f" Default: {option.default}."
+    flags = (option.cli_flag, *option.aliases)
+    return Annotated[kind | None, typer.Option(*flags, help=text, rich_help_panel=LOSS_PANEL)]
+
+
+DataOption = field_option("data")
+PresetOption = field_option("preset", "Model preset. Default: tiny.")
+SamplerOption = field_option("sampler")
+EpochsOption = field_option("epochs")
+ScheduleOption = field_option("schedule")
+BatchSizeOption = field_option("batch_size")
+DeviceOption = field_option("device")
+WorkersOption = field_option("workers")
+MaxItersOption = field_option("max_iters")
+CheckpointEveryOption = field_option("checkpoint_every")
+GradLogOption = field_option("grad_log")

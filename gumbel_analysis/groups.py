@@ -7,3 +7,18 @@ FREQUENCY_GROUPS = ("r", "c", "f")
 GROUP_NAMES = {"r": "rare", "c": "common", "f": "frequent"}
 #: The same with the row over all categories, as reports label their rows.
 GROUP_LABELS = {"all": "all", **GROUP_NAMES}
+
+
+def common_frequent_border(class_frequency, groups, what: str = "the border") -> float:
+    """The image frequency midway between the most frequent rare/common class and the least
+    frequent frequent class: LVIS v1's ``100.5 / 100170`` (about 0.001, both EQL/DropLoss's
+    lambda and RFS's threshold t). Raises ValueError naming ``what`` when it cannot be derived."""
+    freq = [float(f) for f in class_frequency]
+    below = [f for f, g in zip(freq, groups, strict=True) if g in ("r", "c")]
+    above = [f for f, g in zip(freq, groups, strict=True) if g == "f"]
+    if not below or not above:
+        raise ValueError(f"cannot derive {what}: the data lacks rare/common or frequent classes")
+    lo, hi = max(below), min(above)
+    if lo >= hi:
+        raise ValueError(f"cannot derive {what}: the frequency groups overlap")
+    return (lo + hi) / 2

@@ -73,7 +73,7 @@ def test_resolved_config_records_activation_and_every_loss_option(data_dir, tmp_
 
 
 def test_legacy_config_keys_still_read():
-    from gumbel_analysis.engine.config import TrainConfig
+    from gumbel_analysis.spec.config import TrainConfig
 
     cfg = TrainConfig.from_dict({"loss": "gol", "temperature": 1.1, "drop_variant": "reference"})
     assert cfg.loss_options == {"temperature": 1.1, "variant": "reference"}
@@ -84,7 +84,7 @@ def test_legacy_config_keys_still_read():
 LOSS_ACTIVATIONS = [
     (name, activation)
     for name in available_losses()
-    if not loss_entry(name).activation  # the aliases are their methods with one activation
+    if not loss_entry(name).fixed  # the aliases are their methods with one activation
     for activation in loss_entry(name).activations
 ]
 

@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 from gumbel_analysis.cli.app import app
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.engine import checkpoint as ckpt
-from gumbel_analysis.engine.config import TrainConfig, load_config_file, resolve
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.spec.config import TrainConfig, load_config_file, resolve
 
 runner = CliRunner()
 SPEC = SyntheticSpec(classes=5, train_images=20, val_images=4, size=64, seed=2)

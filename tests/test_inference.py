@@ -17,9 +17,9 @@ from gumbel_analysis.data.dataset import LVISDetection
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine import inference
-from gumbel_analysis.engine.config import TrainConfig, resolve
-from gumbel_analysis.engine.setup import RunPaths, check_loss_config, data_paths, make_loss
+from gumbel_analysis.engine.setup import RunPaths, data_paths, make_loss
 from gumbel_analysis.model import build_model
+from gumbel_analysis.spec.config import TrainConfig, resolve
 
 runner = CliRunner()
 SPEC = SyntheticSpec(classes=5, train_images=20, val_images=5, size=64, seed=3)
@@ -32,7 +32,7 @@ def data_dir(tmp_path_factory):
 
 def _model_and_config(data_dir):
     cfg = TrainConfig(data=str(data_dir), loss="sigmoid", workers=0, batch_size=2, device="cpu")
-    cfg = check_loss_config(resolve(cfg))
+    cfg = resolve(cfg)
     train = lvis_io.load_lvis_json(data_paths(cfg.data).train_ann)
     loss = make_loss(cfg, lvis_io.class_frequency(train), lvis_io.frequency_groups(train))
     torch.manual_seed(1)

@@ -16,6 +16,7 @@ from gumbel_analysis.data.sampling import (
     repeat_factors,
 )
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.spec.config import DataStats, TrainConfig, resolve
 
 
 def test_repeat_factors_by_hand():
@@ -148,16 +149,13 @@ def test_the_rfs_threshold_is_derived_from_the_data_as_lvis_0001():
     """t = None: the border of the common and frequent groups. On LVIS v1 (the largest common
     class in 100 of 100,170 images, the smallest frequent one in 101) that is 100.5 / 100170,
     detectron2's 0.001; on 600 images a fixed 0.001 would repeat nothing."""
-    from types import SimpleNamespace
-
-    from gumbel_analysis.engine.setup import rfs_threshold_from_data
     from gumbel_analysis.paper import LVIS_V1_TRAIN_IMAGES
 
-    lvis = SimpleNamespace(
+    lvis = DataStats(
         class_frequency=np.array([1, 10, 11, 100, 101, 5000]) / LVIS_V1_TRAIN_IMAGES,
         frequency_groups=["r", "r", "c", "c", "f", "f"],
     )
-    t = rfs_threshold_from_data(lvis)
+    t = rfs_threshold_of(lvis)
     assert t == pytest.approx(100.5 / LVIS_V1_TRAIN_IMAGES, rel=1e-12)
     assert t == pytest.approx(1e-3, rel=0.01)
 
@@ -167,8 +165,8 @@ def test_the_rfs_threshold_is_derived_from_the_data_as_lvis_0001():
     m = BENCHMARK.train_images
     rare_max, common_max = frequency_thresholds(m)
     counts = np.array([1, rare_max, common_max, common_max + 1, m // 2])
-    small = SimpleNamespace(class_frequency=counts / m, frequency_groups=["r", "r", "c", "f", "f"])
-    t = rfs_threshold_from_data(small)
+    small = DataStats(class_frequency=counts / m, frequency_groups=["r", "r", "c", "f", "f"])
+    t = rfs_threshold_of(small)
     assert t == pytest.approx((common_max + 0.5) / m, rel=1e-12)
     fixed = class_repeat_factors(counts / m, 1e-3)
     derived = class_repeat_factors(counts / m, t)
@@ -179,10 +177,11 @@ def test_the_rfs_threshold_is_derived_from_the_data_as_lvis_0001():
 
 
 def test_rfs_threshold_cannot_be_derived_without_frequent_classes():
-    from types import SimpleNamespace
-
-    from gumbel_analysis.engine.setup import rfs_threshold_from_data
-
-    data = SimpleNamespace(class_frequency=np.array([0.1, 0.2]), frequency_groups=["r", "c"])
+    data = DataStats(class_frequency=np.array([0.1, 0.2]), frequency_groups=["r", "c"])
     with pytest.raises(InputError, match="--sampler rfs: cannot derive the RFS threshold"):
-        rfs_threshold_from_data(data)
+        rfs_threshold_of(data)
+
+
+def rfs_threshold_of(data: DataStats) -> float:
+    """The RFS threshold a run with ``rfs_threshold`` None resolves to on ``data``."""
+    return resolve(TrainConfig(sampler="rfs"), data=data).rfs_threshold

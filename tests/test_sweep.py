@@ -8,11 +8,10 @@ from typer.testing import CliRunner
 
 from gumbel_analysis.cli.app import app
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
-from gumbel_analysis.engine.config import TrainConfig, resolve
-from gumbel_analysis.engine.setup import check_loss_config
 from gumbel_analysis.engine.train import Trainer
 from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.experiments import sweep as lib
+from gumbel_analysis.spec.config import TrainConfig, resolve
 
 runner = CliRunner()
 SPEC = SyntheticSpec(classes=5, train_images=20, val_images=4, size=64, seed=2)
@@ -75,7 +74,7 @@ def _fake_run(path, **values):
         values["loss_options"] = {"temperature": values.pop("temperature")}
     # As the engine writes it: the resolved config (amp set by the device).
     cfg = TrainConfig.from_dict({"out": str(path), "evaluate": True, **values})
-    cfg = check_loss_config(resolve(cfg))
+    cfg = resolve(cfg)
     (path / "config.json").write_text(json.dumps({**cfg.to_dict(), "amp": False}))
     return path
 
@@ -253,9 +252,9 @@ def test_killed_while_evaluating_or_before_a_checkpoint(data_dir, tmp_path, monk
 
 
 def test_restart_removes_only_the_files_a_run_writes_before_its_first_checkpoint():
-    from gumbel_analysis.engine.setup import RunPaths
-    from gumbel_analysis.hooks.grad_log import LOG_NAME
+    from gumbel_analysis.experiments import plan
+    from gumbel_analysis.spec.layout import RunLayout
 
-    paths = RunPaths(lib.Path("x"))
-    names = {paths.config.name, paths.metrics_log.name, LOG_NAME}
-    assert names == lib._PRE_CHECKPOINT_FILES
+    paths = RunLayout(lib.Path("x"))
+    names = {paths.config.name, paths.metrics_log.name, paths.grads.name}
+    assert names == plan.PRE_CHECKPOINT_FILES

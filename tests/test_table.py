@@ -13,10 +13,9 @@ import pytest
 from typer.testing import CliRunner
 
 from gumbel_analysis.cli.app import app
-from gumbel_analysis.engine.config import TrainConfig, resolve
-from gumbel_analysis.engine.setup import check_loss_config
 from gumbel_analysis.experiments import runs as runs_mod
 from gumbel_analysis.experiments.table import build_table, compare, summarize
+from gumbel_analysis.spec.config import TrainConfig, resolve
 
 runner = CliRunner()
 METRICS = ("AP", "APr", "APc", "APf", "APb")
@@ -30,9 +29,7 @@ def make_run(root, name, *, seed=0, metrics=None, files=("last.pt", "model_final
     if "temperature" in cfg:
         cfg["loss_options"] = {"temperature": cfg.pop("temperature")}
     # As the engine writes it: resolved, with the activation and every loss option filled.
-    config = check_loss_config(
-        resolve(TrainConfig.from_dict({"seed": seed, "out": str(path), **cfg}))
-    )
+    config = resolve(TrainConfig.from_dict({"seed": seed, "out": str(path), **cfg}))
     config = config.to_dict()
     (path / "config.json").write_text(json.dumps(config))
     for f in files:
@@ -255,20 +252,6 @@ def test_temperature_and_activation_accessors():
     new = {"loss": "eql", "activation": "gumbel", "loss_options": {"temperature": 1.1}}
     assert runs_mod.run_temperature(new) == 1.1 and runs_mod.run_activation(new) == "gumbel"
     assert runs_mod.run_temperature({"loss": "sigmoid", "loss_options": {}}) is None
-
-
-def test_names_match_the_engine():
-    from gumbel_analysis.engine import checkpoint
-    from gumbel_analysis.engine.setup import RunPaths
-    from gumbel_analysis.losses.registry import available_losses, loss_entry
-
-    paths = RunPaths(runs_mod.Path("x"))
-    assert (paths.config.name, paths.metrics.name) == (runs_mod.CONFIG, runs_mod.METRICS)
-    assert paths.metrics_log.name == runs_mod.METRICS_LOG
-    assert (runs_mod.LAST, runs_mod.FINAL) == (checkpoint.LAST, checkpoint.FINAL)
-    assert runs_mod.DIVERGED == checkpoint.DIVERGED
-    default = {n: str(loss_entry(n).default_activation) for n in available_losses()}
-    assert default == runs_mod.DEFAULT_ACTIVATION
 
 
 def test_summarize_and_compare_against_numpy():

@@ -17,9 +17,6 @@ from gumbel_analysis.io import atomic_path
 
 FORMAT = "gumbel-analysis-checkpoint"
 VERSION = 1
-LAST = "last.pt"
-FINAL = "model_final.pt"
-DIVERGED = "diverged.pt"
 
 
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:

@@ -27,17 +27,19 @@ from torch.utils.data import DataLoader, Dataset
 from gumbel_analysis.data import lvis_io
 from gumbel_analysis.data.dataset import LVISDetection
 from gumbel_analysis.engine import checkpoint as ckpt
-from gumbel_analysis.engine.config import PRESET_DEFAULTS, TrainConfig, check_prediction_options
 from gumbel_analysis.engine.distributed import DistInfo, cleanup, init_distributed
 from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results
-from gumbel_analysis.engine.setup import RunPaths, data_paths, make_loss, pick_device
+from gumbel_analysis.engine.setup import data_paths, make_loss, pick_device
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.io import atomic_path, check_writable_folder, write_text_atomic
 from gumbel_analysis.model import build_model
+from gumbel_analysis.spec.config import TrainConfig, check_fields
+from gumbel_analysis.spec.layout import RunLayout
+from gumbel_analysis.spec.presets import PRESETS, Recipe
 
 #: LVIS's test-time settings (detectron2's LVIS configs), the defaults where a config has none.
-DEFAULT_SCORE_THRESHOLD = 1e-4
-DEFAULT_MAX_DETS = 300
+DEFAULT_SCORE_THRESHOLD = Recipe.score_threshold
+DEFAULT_MAX_DETS = Recipe.max_dets
 
 
 class _Images(Dataset):
@@ -140,7 +142,7 @@ def predict(
 
 def part_path(results: Path, rank: int) -> Path:
     """Rank ``rank``'s part of ``results``: ``results.rankK.part.jsonl`` beside it."""
-    return results.with_name(f"{results.stem}.rank{rank}.part.jsonl")
+    return RunLayout.results_part(results, rank)
 
 
 def write_part(path: Path, per_batch: Iterator[list[list[dict]]]) -> int:
@@ -237,7 +239,7 @@ def predict_and_evaluate(
     ``evaluate_options`` go to :func:`evaluate_results` (``iou_types``, ``evaluator``); it keeps
     ``max_dets`` per image, as the model does."""
     dist = dist or DistInfo()
-    check_prediction_options(score_threshold, max_dets, workers)
+    check_fields(score_threshold=score_threshold, max_dets=max_dets, workers=workers)
     if batch_size < 1:
         raise InputError(f"--batch-size must be at least 1, got {batch_size}")
     results = Path(results)
@@ -270,7 +272,7 @@ def evaluate_run(
     model: torch.nn.Module,
     val_set: LVISDetection,
     device: torch.device,
-    run: RunPaths,
+    run: RunLayout,
     cfg: TrainConfig,
     progress: bool = True,
     outputs: OutputPaths | None = None,
@@ -313,12 +315,10 @@ def evaluate_run(
 def prediction_settings(cfg: TrainConfig) -> dict[str, Any]:
     """``workers``, ``score_threshold`` and ``max_dets`` of ``cfg``; the preset's (else LVIS's)
     where it has none (a run made before they were recorded)."""
-    preset = PRESET_DEFAULTS.get(cfg.preset, {})
-    pick = lambda value, name, default: preset.get(name, default) if value is None else value  # noqa: E731
+    recipe = PRESETS[cfg.preset].recipe
     return {
-        "workers": pick(cfg.workers, "workers", 0),
-        "score_threshold": pick(cfg.score_threshold, "score_threshold", DEFAULT_SCORE_THRESHOLD),
-        "max_dets": pick(cfg.max_dets, "max_dets", DEFAULT_MAX_DETS),
+        name: getattr(recipe, name) if getattr(cfg, name) is None else getattr(cfg, name)
+        for name in ("workers", "score_threshold", "max_dets")
     }
 
 
@@ -330,16 +330,17 @@ class OutputPaths:
     metrics: Path
 
 
-def output_paths(run: RunPaths, own_data: str, data: str | None, out: Path | None) -> OutputPaths:
+def output_paths(run: RunLayout, own_data: str, data: str | None, out: Path | None) -> OutputPaths:
     """``out/results.json`` and ``out/metrics.json`` when ``out`` is given; else the run's own
     files when the data is the run's own, else ``results.<data>.json`` / ``metrics.<data>.json``
     beside them (``<data>`` the data folder's name), so a run's own files are never replaced."""
     if out is not None:
-        return OutputPaths(Path(out) / "results.json", Path(out) / "metrics.json")
+        layout = RunLayout(Path(out))
+        return OutputPaths(layout.results, layout.metrics)
     if data is None or Path(data).resolve() == Path(own_data).resolve():
         return OutputPaths(run.results, run.metrics)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name) or "data"
-    return OutputPaths(run.root / f"results.{name}.json", run.root / f"metrics.{name}.json")
+    return OutputPaths(run.results_for(name), run.metrics_for(name))
 
 
 def evaluate_checkpoint(
@@ -362,33 +363,26 @@ def evaluate_checkpoint(
     ``batch_size``, ``workers``, ``score_threshold`` and ``max_dets`` default to the run's
     configuration. Under torchrun every process predicts its share of the images (see the module
     docstring); the metrics come back on rank 0, None on the others."""
-    check_prediction_options(score_threshold, max_dets, workers)
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    overrides = check_fields(
+        batch_size=batch_size, workers=workers, score_threshold=score_threshold, max_dets=max_dets
+    )
     source = Path(source)
     if source.is_dir():
-        run = RunPaths(source)
+        run = RunLayout(source)
         path = run.final if run.final.is_file() else run.last
         if not path.is_file():
-            raise InputError(f"no checkpoint in {source} (expected {ckpt.FINAL} or {ckpt.LAST})")
+            raise InputError(
+                f"no checkpoint in {source} (expected {run.final.name} or {run.last.name})"
+            )
     else:
-        path, run = source, RunPaths(source.parent)
+        path, run = source, RunLayout(source.parent)
     state = ckpt.load_checkpoint(path)
     if "config" not in state or "model" not in state:
         raise InputError(f"{path} holds no model and configuration")
     cfg = TrainConfig.from_dict(state["config"])
     outputs = output_paths(run, cfg.data, data, Path(out) if out is not None else None)
     check_writable_folder(outputs.results.parent)
-    if data is not None:
-        cfg.data = data
-    for name, value in (
-        ("batch_size", batch_size),
-        ("workers", workers),
-        ("score_threshold", score_threshold),
-        ("max_dets", max_dets),
-    ):
-        if value is not None:
-            setattr(cfg, name, value)
+    cfg = cfg.replace(**overrides, **({"data": data} if data is not None else {}))
     dev = pick_device(device)
     dist = init_distributed(dev.type)
     try:

@@ -2,21 +2,18 @@
 
 from __future__ import annotations
 
-import dataclasses
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
 from gumbel_analysis.data.synthetic import SyntheticSpec, default_cache_root, ensure_synthetic
-from gumbel_analysis.engine import checkpoint as ckpt
-from gumbel_analysis.engine.config import TrainConfig
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.hooks.grad_log import LOG_NAME
-from gumbel_analysis.losses import ClassificationLoss, build_loss, loss_entry
+from gumbel_analysis.losses import ClassificationLoss, build_loss
+from gumbel_analysis.spec.config import TrainConfig
+from gumbel_analysis.spec.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -26,37 +23,8 @@ class DataPaths:
     image_root: Path
 
 
-@dataclass(frozen=True)
-class RunPaths:
-    root: Path
-
-    @property
-    def config(self) -> Path:
-        return self.root / "config.json"
-
-    @property
-    def metrics_log(self) -> Path:
-        return self.root / "metrics.jsonl"
-
-    @property
-    def last(self) -> Path:
-        return self.root / ckpt.LAST
-
-    @property
-    def final(self) -> Path:
-        return self.root / ckpt.FINAL
-
-    @property
-    def results(self) -> Path:
-        return self.root / "results.json"
-
-    @property
-    def metrics(self) -> Path:
-        return self.root / "metrics.json"
-
-    @property
-    def grads(self) -> Path:
-        return self.root / LOG_NAME
+#: The files of a run folder (``gumbel_analysis.spec.layout``).
+RunPaths = RunLayout
 
 
 def data_paths(data: str | None) -> DataPaths:
@@ -81,28 +49,11 @@ def data_paths(data: str | None) -> DataPaths:
     return paths
 
 
-def check_loss_config(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` with its activation and every declared loss option filled and checked (InputError
-    naming the flag for an option that does not apply or is out of range)."""
-    activation, options = loss_entry(cfg.loss).resolve(cfg.activation, cfg.loss_options)
-    return dataclasses.replace(cfg, activation=activation, loss_options=options)
-
-
-def loss_label(cfg: TrainConfig) -> str:
-    """The loss as reports name it: ``eqlv2/gumbel``, or the name alone where it fixes its
-    activation (``gumbel``, ``gol``, ``softmax``)."""
-    entry = loss_entry(cfg.loss)
-    if len(entry.activations) == 1 or cfg.activation is None:
-        return cfg.loss
-    return f"{cfg.loss}/{cfg.activation}"
-
-
 def make_loss(
     cfg: TrainConfig, class_frequency: np.ndarray, frequency_groups: list[str]
 ) -> ClassificationLoss:
-    """The registry's loss with the config's activation and options, for the training set's
+    """The catalogue's loss with the config's activation and options, for the training set's
     classes (``f_c`` and the r/c/f group of each, in category-id order)."""
-    cfg = check_loss_config(cfg)
     try:
         return build_loss(
             cfg.loss,
@@ -118,36 +69,13 @@ def make_loss(
         raise InputError(f"--loss {cfg.loss}: {err}") from None
 
 
-def rfs_threshold_from_data(train_set: Any) -> float:
-    """RFS's t for ``rfs_threshold`` None: the border of the data's common and frequent groups
-    (``math.common_frequent_border``; LVIS v1: 100.5 / 100170)."""
-    from gumbel_analysis.math import common_frequent_border
-
-    try:
-        return common_frequent_border(
-            np.asarray(train_set.class_frequency, dtype=np.float64),
-            list(train_set.frequency_groups),
-            "the RFS threshold",
-        )
-    except ValueError as err:
-        raise InputError(f"--sampler rfs: {err}; set rfs_threshold in --config") from None
-
-
-def resolved_loss_options(loss: ClassificationLoss, cfg: TrainConfig) -> dict[str, Any]:
-    """The options to record in config.json: as given, with a derived lambda filled in."""
-    options = dict(cfg.loss_options)
-    if "lambda_" in options and options["lambda_"] is None and hasattr(loss, "lambda_"):
-        options["lambda_"] = float(loss.lambda_)
-    return options
-
-
 def pick_device(name: str) -> torch.device:
+    """The torch device of a checked ``--device`` (``TrainConfig`` checks its spelling); one line
+    when CUDA is asked for on a machine without it."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but CUDA is not available")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise InputError(f"unknown device {name!r}; use cpu, cuda or auto")
     return torch.device(name)
 
 

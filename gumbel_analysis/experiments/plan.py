@@ -25,13 +25,9 @@ from typing import Any
 
 from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.experiments.runs import (
-    CONFIG,
-    DIVERGED,
     FAILED,
     FINISHED,
-    LAST,
     MACHINE_FIELDS,
-    METRICS_LOG,
     NOT_EVALUATED,
     Run,
     is_run_folder,
@@ -39,11 +35,11 @@ from gumbel_analysis.experiments.runs import (
     run_status,
     run_temperature,
 )
+from gumbel_analysis.spec.config import TrainConfig, resolve
+from gumbel_analysis.spec.layout import PRE_CHECKPOINT_FILES, RunLayout
 
 #: What is done with each run folder.
 TRAIN, RESUME, RESTART, EVALUATE, SKIP = "train", "resume", "restart", "evaluate", "skip"
-#: Files a run writes before its first checkpoint: a restart removes them (and nothing else).
-_PRE_CHECKPOINT_FILES = frozenset({CONFIG, METRICS_LOG, "grads.h5"})
 #: Derived from other fields or from the machine (world size, mixed precision on CUDA).
 _DERIVED_FIELDS = frozenset({"lr", "world_size", "amp"})
 #: Fields that None derives from the data (the run's config.json holds the derived value).
@@ -111,20 +107,20 @@ def check_out_folder(out: Path) -> None:
 def plan_run(
     path: Path,
     values: dict[str, Any],
-    check: Callable[[Any], Any],
+    check: Callable[[TrainConfig], Any] | None = None,
     *,
     seed: int = 0,
     temperature: float | None = None,
 ) -> PlannedRun:
     """What to do with ``path`` to get a finished run of ``values`` (TrainConfig fields).
 
-    ``check`` takes the resolved TrainConfig and returns it, raising InputError for a loss,
-    activation or option that does not apply; so every error comes before anything is written.
+    Every value is checked (and resolved) here, so every error comes before anything is
+    written; ``check`` may refuse more, raising InputError for the resolved TrainConfig.
     """
-    from gumbel_analysis.engine.config import TrainConfig, resolve
-
     values = {**values, "seed": seed, "out": str(path), "evaluate": True}
-    resolved = check(resolve(TrainConfig.from_dict(values)))
+    resolved = resolve(TrainConfig.from_dict(values))
+    if check is not None:
+        check(resolved)
     action, state = _action(path, resolved.to_dict())
     return PlannedRun(path, values, action, state, seed=seed, temperature=temperature)
 
@@ -147,7 +143,7 @@ def _action(path: Path, wanted: dict[str, Any]) -> tuple[str, str]:
         return SKIP, status  # rerunning the same config diverges again; the table lists it
     if status == NOT_EVALUATED:
         return EVALUATE, status
-    if (path / LAST).is_file():
+    if RunLayout(path).last.is_file():
         return RESUME, status
     extra = [p.name for p in path.iterdir() if not _restartable_file(p.name)]
     if extra:
@@ -160,7 +156,7 @@ def _action(path: Path, wanted: dict[str, Any]) -> tuple[str, str]:
 
 def _restartable_file(name: str) -> bool:
     # Half-written temporary files of io.atomic_path / checkpoint saves: ".NAME.XXXX.tmp..."
-    return name in _PRE_CHECKPOINT_FILES or (name.startswith(".") and ".tmp" in name)
+    return name in PRE_CHECKPOINT_FILES or (name.startswith(".") and ".tmp" in name)
 
 
 def _check_same_config(run: Run, wanted: dict[str, Any]) -> None:
@@ -198,7 +194,6 @@ def run_plan(
     others still run. Each run's status, metrics and wall time are filled in."""
     import time
 
-    from gumbel_analysis.engine.config import TrainConfig
     from gumbel_analysis.engine.inference import evaluate_checkpoint
     from gumbel_analysis.engine.train import train
 
@@ -225,7 +220,7 @@ def run_plan(
         item.status = run.status
         item.metrics = run.metrics
         if run.status == FAILED and not item.error:
-            item.error = f"the loss became non-finite earlier; see {item.path / DIVERGED}"
+            item.error = f"the loss became non-finite earlier; see {RunLayout(item.path).diverged}"
 
 
 __all__ = [

@@ -1,10 +1,8 @@
 """Run folders: find them, read their ``config.json`` and ``metrics.json``, group them by config.
 
 A run folder is what ``gumbel train --out RUN`` makes; ``config.json`` (the resolved
-TrainConfig) marks it. Its state follows from the files the engine writes, in this order:
-``config.json`` before the first step, ``last.pt`` at each checkpoint, ``diverged.pt`` when the
-loss becomes non-finite (and the run stops), ``model_final.pt`` when training ends, then
-``results.json`` and ``metrics.json`` when the evaluation ends.
+TrainConfig) marks it. Its state follows from the files the engine writes, in the order
+``gumbel_analysis.spec.layout`` describes.
 
 This module imports neither torch nor the engine, so ``gumbel table`` starts fast.
 """
@@ -19,15 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from gumbel_analysis.errors import InputError
-
-# File names of a run folder (engine/setup.py's RunPaths and engine/checkpoint.py; a test keeps
-# them equal, this module does not import the engine and with it torch).
-CONFIG = "config.json"
-METRICS = "metrics.json"
-METRICS_LOG = "metrics.jsonl"
-LAST = "last.pt"
-FINAL = "model_final.pt"
-DIVERGED = "diverged.pt"
+from gumbel_analysis.spec.layout import CONFIG, DIVERGED, FINAL, LAST, METRICS, METRICS_LOG
+from gumbel_analysis.spec.losses import LOSSES
 
 FINISHED = "finished"
 UNFINISHED = "unfinished"
@@ -43,25 +34,6 @@ MACHINE_FIELDS = frozenset(
 #: whether metrics.json was written at the end.
 IGNORED_FIELDS = MACHINE_FIELDS | {"seed", "evaluate"}
 
-#: The default activation of each registered loss (``loss_entry(name).default_activation``; a
-#: test keeps this equal), for a config.json without an ``activation`` field (written before
-#: the field existed).
-DEFAULT_ACTIVATION = {
-    "bce": "sigmoid",
-    "sigmoid": "sigmoid",
-    "gumbel": "gumbel",
-    "gol": "gumbel",
-    "gol-star": "gumbel",
-    "droploss": "sigmoid",
-    "eql": "sigmoid",
-    "acsl": "sigmoid",
-    "federated": "sigmoid",
-    "eqlv2": "sigmoid",
-    "softmax": "softmax",
-    "seesaw": "softmax",
-}
-
-
 # --- where a config keeps its loss's activation and temperature ----------------------------------
 # The one place that knows it: configs hold ``temperature`` in ``loss_options`` beside an
 # ``activation`` field; those written before held it at the top level, without an activation.
@@ -74,7 +46,10 @@ def run_temperature(config: dict[str, Any]) -> float | None:
 
 def run_activation(config: dict[str, Any]) -> str | None:
     """The run's activation: its ``activation`` field, else its loss's default (None if unknown)."""
-    return config.get("activation") or DEFAULT_ACTIVATION.get(str(config.get("loss")))
+    if config.get("activation"):
+        return config["activation"]
+    entry = LOSSES.get(str(config.get("loss")))
+    return entry.default_activation if entry is not None else None
 
 
 @dataclass

@@ -1,18 +1,17 @@
 """Classification losses for detectors, by name: ``build_loss("eqlv2", C, activation="gumbel")``.
 
-Importing this package registers every method of ``methods/`` (bce, eql, droploss, acsl,
-federated, eqlv2, softmax, seesaw) and the aliases gumbel, sigmoid, gol and gol-star.
+The names, activations and options of every loss (bce, eql, droploss, acsl, federated, eqlv2,
+softmax, seesaw and the aliases gumbel, sigmoid, gol and gol-star) are declared in the loss
+catalogue, ``gumbel_analysis.spec.losses``.
 """
 
-from gumbel_analysis.losses import methods  # noqa: F401 - registers the losses
 from gumbel_analysis.losses.base import ClassificationLoss
 from gumbel_analysis.losses.bce import SIGMOID_PRIOR_PROB, WeightedBCE
-from gumbel_analysis.losses.elementwise import Activation, EntryWeights
-from gumbel_analysis.losses.gumbel import GumbelMode, gumbel_bce
+from gumbel_analysis.losses.elementwise import EntryWeights
+from gumbel_analysis.losses.gumbel import gumbel_bce
 from gumbel_analysis.losses.methods.acsl import ACSL
 from gumbel_analysis.losses.methods.droploss import (
     DropLoss,
-    DropVariant,
     drop_weights,
     keep_probabilities,
     lambda_from_groups,
@@ -23,17 +22,18 @@ from gumbel_analysis.losses.methods.federated import FederatedLoss, federated_cl
 from gumbel_analysis.losses.methods.plain import PlainBCE
 from gumbel_analysis.losses.methods.seesaw import SeesawLoss
 from gumbel_analysis.losses.methods.softmax import SoftmaxCE
-from gumbel_analysis.losses.options import LossOption
-from gumbel_analysis.losses.registry import (
+from gumbel_analysis.losses.registry import build_loss
+from gumbel_analysis.paper import LVIS_V1_LAMBDA, LVIS_V1_TRAIN_IMAGES
+from gumbel_analysis.spec.losses import (
+    Activation,
+    DropVariant,
+    GumbelMode,
     LossEntry,
     all_options,
     available_losses,
-    build_loss,
     loss_entry,
-    register_alias,
     register_loss,
 )
-from gumbel_analysis.paper import LVIS_V1_LAMBDA, LVIS_V1_TRAIN_IMAGES
 
 __all__ = [
     "ACSL",
@@ -50,7 +50,6 @@ __all__ = [
     "FederatedLoss",
     "GumbelMode",
     "LossEntry",
-    "LossOption",
     "PlainBCE",
     "SeesawLoss",
     "SoftmaxCE",
@@ -64,6 +63,5 @@ __all__ = [
     "keep_probabilities",
     "lambda_from_groups",
     "loss_entry",
-    "register_alias",
     "register_loss",
 ]

@@ -13,8 +13,6 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from gumbel_analysis.losses.options import LossOption
-
 
 def compute_dtype(logits: torch.Tensor) -> torch.Tensor:
     """Half precision is computed in float32; float32 and float64 stay as they are."""
@@ -29,15 +27,14 @@ class ClassificationLoss(nn.Module):
     ``forward``, ``scores`` and ``init_classifier``.
     """
 
-    #: Registry name, set by :func:`gumbel_analysis.losses.registry.register_loss`.
+    #: Catalogue name (``gumbel_analysis.spec.losses``), set by ``build_loss``.
     name: str = ""
     with_background: bool = True
     #: The inference activation, for reports: "gumbel", "sigmoid" or "softmax".
     activation: str = ""
-    #: The activations the method works with; the first is its default.
+    #: The activations the method works with; the first is its default. Its options are
+    #: declared in the loss catalogue, ``gumbel_analysis.spec.losses``.
     activations: ClassVar[tuple[str, ...]] = ()
-    #: The method's own options (the activation's come from ``elementwise.ACTIVATION_OPTIONS``).
-    options: ClassVar[tuple[LossOption, ...]] = ()
     #: Whether the method needs the r/c/f group of each class (``frequency_groups``).
     needs_groups: ClassVar[bool] = False
     #: The [N, K] weights of the last forward pass, for the gradient recorder (None: all 1).
@@ -50,6 +47,8 @@ class ClassificationLoss(nn.Module):
         frequency_groups: list[str] | None = None,
     ):
         super().__init__()
+        # The catalogue name once built by ``build_loss``; the class's name until then.
+        self.name = type(self).name or type(self).__name__
         if int(num_classes) != num_classes or num_classes < 1:
             raise ValueError(f"num_classes must be a positive integer, got {num_classes}")
         self.num_classes = int(num_classes)
@@ -82,8 +81,7 @@ class ClassificationLoss(nn.Module):
     def check_inputs(self, logits: torch.Tensor, labels: torch.Tensor) -> None:
         if logits.dim() != 2 or logits.shape[1] != self.num_outputs:
             raise ValueError(
-                f"{self.name or type(self).__name__} expects logits [N, {self.num_outputs}], "
-                f"got {tuple(logits.shape)}"
+                f"{self.name} expects logits [N, {self.num_outputs}], got {tuple(logits.shape)}"
             )
         if labels.shape != (logits.shape[0],):
             raise ValueError(f"expected labels [{logits.shape[0]}], got {tuple(labels.shape)}")

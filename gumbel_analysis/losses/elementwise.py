@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
@@ -19,45 +18,13 @@ from torch import nn
 
 from gumbel_analysis.losses.base import compute_dtype
 from gumbel_analysis.losses.gumbel import (
-    GumbelMode,
     gumbel_bce,
     one_hot_targets,
     positive_index,
 )
-from gumbel_analysis.losses.options import LossOption
 from gumbel_analysis.math import eta, init_bias
 from gumbel_analysis.paper import PAPER_CLIP
-
-
-class Activation(StrEnum):
-    SIGMOID = "sigmoid"
-    GUMBEL = "gumbel"
-    SOFTMAX = "softmax"
-
-
-#: Options of the Gumbel activation, shared by every BCE-family method.
-GUMBEL_OPTIONS = (
-    LossOption(
-        "temperature",
-        "float",
-        1.0,
-        "Gumbel temperature sigma of Eq. 3.",
-        low=1e-3,
-        high=1e3,
-    ),
-    LossOption(
-        "gumbel_mode",
-        "choice",
-        "stable",
-        "Gumbel loss: stable (exact, default), paper (the authors' clip at [-4, 10]) or none.",
-        choices=tuple(m.value for m in GumbelMode),
-    ),
-)
-ACTIVATION_OPTIONS: dict[str, tuple[LossOption, ...]] = {
-    Activation.SIGMOID: (),
-    Activation.GUMBEL: GUMBEL_OPTIONS,
-    Activation.SOFTMAX: (),
-}
+from gumbel_analysis.spec.losses import Activation, GumbelMode
 
 #: Weight value of Sec. 1.1: every logit starts near the bias.
 GUMBEL_INIT_WEIGHT = 1e-3

@@ -34,20 +34,13 @@ row, so they are handled on the gathered [N] values, never on the full matrix.
 from __future__ import annotations
 
 import math
-from enum import StrEnum
 
 import torch
 import torch.nn.functional as F
 
 from gumbel_analysis.math import LN2, check_clip_range, check_temperature
 from gumbel_analysis.paper import PAPER_CLIP, PAPER_LOSS_CLAMP
-
-
-class GumbelMode(StrEnum):
-    STABLE = "stable"
-    PAPER = "paper"
-    NONE = "none"
-
+from gumbel_analysis.spec.losses import GumbelMode
 
 # Rows per chunk so one [rows, K] float32 buffer is about 1 MiB (seven of them stay in L2).
 _CHUNK_ELEMENTS = 1 << 18

@@ -23,33 +23,17 @@ import torch
 from gumbel_analysis.losses.bce import WeightedBCE
 from gumbel_analysis.losses.elementwise import EntryWeights
 from gumbel_analysis.losses.gumbel import positive_index
-from gumbel_analysis.losses.methods.droploss import VARIANT_OPTION, DropVariant
-from gumbel_analysis.losses.options import LossOption
-from gumbel_analysis.losses.registry import register_loss
+from gumbel_analysis.spec.losses import DropVariant
 
 #: Shares of the background proposals that keep each group's negatives (the authors' code).
 BACKGROUND_SHARES = {"r": 0.01, "c": 0.1, "f": 1.0}
 
 
-@register_loss("acsl")
 class ACSL(WeightedBCE):
     """ACSL: negatives kept only where the detached score reaches xi, C + 1 outputs."""
 
     with_background = True
     needs_groups = True
-    options = (
-        LossOption(
-            "acsl_xi",
-            "float",
-            0.7,
-            "ACSL's score threshold xi: a negative whose detached probability reaches it is kept.",
-            low=0.0,
-            high=1.0,
-            low_open=True,
-            high_open=True,
-        ),
-        VARIANT_OPTION,
-    )
 
     def __init__(
         self,

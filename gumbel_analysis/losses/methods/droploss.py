@@ -23,43 +23,13 @@ Sigmoid starts from the prior 0.001 (bias about -6.9), as the authors' configura
 
 from __future__ import annotations
 
-from enum import StrEnum
-
 import torch
 
+from gumbel_analysis.groups import common_frequent_border
 from gumbel_analysis.losses.bce import WeightedBCE
 from gumbel_analysis.losses.elementwise import EntryWeights
-from gumbel_analysis.losses.options import LossOption
-from gumbel_analysis.losses.registry import register_loss
-from gumbel_analysis.math import common_frequent_border
 from gumbel_analysis.paper import LVIS_V1_LAMBDA
-
-
-class DropVariant(StrEnum):
-    EQUATION = "equation"
-    REFERENCE = "reference"
-
-
-LAMBDA_OPTION = LossOption(
-    "lambda_",
-    "float",
-    None,
-    "Frequency threshold lambda of EQL/DropLoss/GOL (classes with f_c below it are 'rare'). "
-    "Default: midway between the data's common and frequent groups.",
-    flag="--lambda",
-    low=0.0,
-    high=1.0,
-    low_open=True,
-)
-VARIANT_OPTION = LossOption(
-    "variant",
-    "choice",
-    DropVariant.REFERENCE.value,
-    "Where a method's paper and its authors' code differ: the paper's equation or the "
-    "authors' code (reference).",
-    choices=tuple(v.value for v in DropVariant),
-    aliases=("--drop-variant",),
-)
+from gumbel_analysis.spec.losses import DropVariant
 
 
 def lambda_from_groups(class_frequency, groups: list[str]) -> float:
@@ -119,7 +89,6 @@ def keep_probabilities(
     return torch.where(rare, share_below, share_above)
 
 
-@register_loss("droploss")
 class DropLoss(WeightedBCE):
     """DropLoss: rare negatives dropped on foreground proposals, drawn on background ones (Eq. 5,
     6), C outputs."""
@@ -127,7 +96,6 @@ class DropLoss(WeightedBCE):
     with_background = False
     background_dropping = True
     sigmoid_prior = 1e-3
-    options = (LAMBDA_OPTION, VARIANT_OPTION)
 
     def __init__(
         self,

@@ -8,13 +8,10 @@ code). C outputs as the GOL authors' EQL code; Sigmoid prior 0.001.
 
 from __future__ import annotations
 
-from gumbel_analysis.losses.methods.droploss import LAMBDA_OPTION, DropLoss
-from gumbel_analysis.losses.registry import register_loss
+from gumbel_analysis.losses.methods.droploss import DropLoss
 
 
-@register_loss("eql")
 class EQL(DropLoss):
     """EQL v1: rare negatives dropped on foreground proposals only, C outputs."""
 
     background_dropping = False
-    options = (LAMBDA_OPTION,)

@@ -24,8 +24,6 @@ import torch.distributed as torch_dist
 from gumbel_analysis.losses.bce import WeightedBCE
 from gumbel_analysis.losses.elementwise import EntryWeights
 from gumbel_analysis.losses.gumbel import positive_index
-from gumbel_analysis.losses.options import LossOption
-from gumbel_analysis.losses.registry import register_loss
 
 #: The ratio before any statistics (the authors' initial value): every weight starts at ~1.
 INITIAL_RATIO = 100.0
@@ -42,16 +40,10 @@ def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
     return t
 
 
-@register_loss("eqlv2")
 class EQLv2(WeightedBCE):
     """EQLv2: gradient-guided reweighting of each class's positives and negatives, C + 1 outputs."""
 
     with_background = True
-    options = (
-        LossOption("eqlv2_gamma", "float", 12.0, "EQLv2's gamma (slope of the mapping).", low=0.0),
-        LossOption("eqlv2_mu", "float", 0.8, "EQLv2's mu (centre of the mapping).", low=0.0),
-        LossOption("eqlv2_alpha", "float", 4.0, "EQLv2's alpha (positive up-weighting).", low=0.0),
-    )
 
     def __init__(
         self,

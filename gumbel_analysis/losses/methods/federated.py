@@ -19,8 +19,6 @@ import torch
 
 from gumbel_analysis.losses.bce import WeightedBCE
 from gumbel_analysis.losses.elementwise import EntryWeights
-from gumbel_analysis.losses.options import LossOption
-from gumbel_analysis.losses.registry import register_loss
 
 
 def federated_classes(
@@ -46,27 +44,10 @@ def federated_classes(
     return mask
 
 
-@register_loss("federated")
 class FederatedLoss(WeightedBCE):
     """Federated Loss: BCE only on the batch's classes plus sampled ones, C outputs."""
 
     with_background = False
-    options = (
-        LossOption(
-            "fed_classes",
-            "int",
-            50,
-            "Federated Loss: classes per batch (the batch's ground truth, topped up by sampling).",
-            low=1,
-        ),
-        LossOption(
-            "fed_power",
-            "float",
-            0.5,
-            "Federated Loss: sampling weights image_count^power.",
-            low=0.0,
-        ),
-    )
 
     def __init__(
         self,

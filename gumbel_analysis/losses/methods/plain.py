@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 from gumbel_analysis.losses.bce import WeightedBCE
-from gumbel_analysis.losses.registry import register_loss
 
 
-@register_loss("bce")
 class PlainBCE(WeightedBCE):
     """Plain BCE over C + 1 outputs: Sigmoid, or Gumbel (Eq. 3, 4) with all weights 1."""
 

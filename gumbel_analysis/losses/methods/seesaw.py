@@ -25,8 +25,6 @@ from torch import nn
 from gumbel_analysis.losses.base import ClassificationLoss, compute_dtype
 from gumbel_analysis.losses.methods.eqlv2 import all_reduce_sum
 from gumbel_analysis.losses.methods.softmax import init_softmax_classifier
-from gumbel_analysis.losses.options import LossOption
-from gumbel_analysis.losses.registry import register_loss
 
 
 def seesaw_log_factors(
@@ -52,25 +50,12 @@ def seesaw_log_factors(
     return log_s.scatter(1, labels[:, None], 0.0)
 
 
-@register_loss("seesaw")
 class SeesawLoss(ClassificationLoss):
     """Seesaw Loss: mitigation and compensation factors on the softmax, C + 2 outputs."""
 
     with_background = True
     activation = "softmax"
     activations = ("softmax",)
-    options = (
-        LossOption("seesaw_p", "float", 0.8, "Seesaw's mitigation exponent p.", low=0.0),
-        LossOption("seesaw_q", "float", 2.0, "Seesaw's compensation exponent q.", low=0.0),
-        LossOption(
-            "seesaw_eps",
-            "float",
-            1e-2,
-            "Seesaw's floor of the own-class score.",
-            low=0.0,
-            low_open=True,
-        ),
-    )
 
     def __init__(
         self,

@@ -7,7 +7,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from gumbel_analysis.losses.base import ClassificationLoss, compute_dtype
-from gumbel_analysis.losses.registry import register_loss
 
 
 def init_softmax_classifier(layer: nn.Linear) -> None:
@@ -17,7 +16,6 @@ def init_softmax_classifier(layer: nn.Linear) -> None:
         nn.init.constant_(layer.bias, 0.0)
 
 
-@register_loss("softmax")
 class SoftmaxCE(ClassificationLoss):
     """Softmax cross-entropy over C + 1 outputs."""
 
