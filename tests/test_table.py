@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from gumbel_analysis.cli.app import app
 from gumbel_analysis.experiments import runs as runs_mod
-from gumbel_analysis.experiments.table import build_table, compare, summarize
+from gumbel_analysis.experiments.stats import compare, summarize
+from gumbel_analysis.experiments.table import build_table
 from gumbel_analysis.spec.config import TrainConfig, resolve
 
 runner = CliRunner()

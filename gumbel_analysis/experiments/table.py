@@ -13,23 +13,23 @@ Conventions (also in ``gumbel table --help`` and docs):
   ``SE = sqrt(s^2 / n + s_0^2 / n_0)`` (Welch). The delta *exceeds the seed-to-seed spread* when
   ``|delta| > 2 SE`` (about a 95% two-sided test for normal seeds), marked ``*``. If either side
   has a single run, SE is unknown and the delta is marked ``?`` (``exceeds`` is null in JSON).
+
+The statistics are those of ``experiments/stats.py``; the table is written by the writers of
+``experiments/tabular.py`` (:func:`cells_table` gives it their cells).
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from rich import box
 from rich.console import Group
 from rich.markup import escape
-from rich.table import Table
 
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.experiments import tabular
 from gumbel_analysis.experiments.runs import (
     FAILED,
     FINISHED,
@@ -39,6 +39,8 @@ from gumbel_analysis.experiments.runs import (
     field_value,
     group_runs,
 )
+from gumbel_analysis.experiments.stats import SPREAD_FACTOR, Delta, Stat, compare, summarize
+from gumbel_analysis.experiments.stats import is_number as _is_number
 
 #: The metric columns of the paper's tables, in their order.
 TABLE_METRICS = ("AP", "APr", "APc", "APf", "APb")
@@ -46,59 +48,9 @@ TABLE_METRICS = ("AP", "APr", "APc", "APf", "APb")
 DESCRIPTORS = ("loss", "activation", "sampler", "enh", "temperature", "preset", "schedule")
 #: Fields behind the descriptor columns (a differing one needs no column of its own).
 _DESCRIBED = frozenset(DESCRIPTORS) | {"epochs", "lr_steps"}
-#: A delta exceeds the spread when |delta| > SPREAD_FACTOR * SE.
-SPREAD_FACTOR = 2.0
 FORMATS = ("rich", "markdown", "latex", "csv")
 _HEADERS = {"temperature": "σ", "activation": "act.", "APr": "APr", "APb": "APb"}
-DASH = "–"
-
-
-@dataclass(frozen=True)
-class Stat:
-    """Mean, sample standard deviation (ddof = 1, None for n = 1) and count."""
-
-    mean: float
-    std: float | None
-    n: int
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"mean": self.mean, "std": self.std, "n": self.n}
-
-
-@dataclass(frozen=True)
-class Delta:
-    """The difference of a row's mean to the baseline's and whether it exceeds the spread."""
-
-    delta: float
-    se: float | None
-    exceeds: bool | None
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"delta": self.delta, "se": self.se, "exceeds": self.exceeds}
-
-
-def summarize(values: Sequence[Any]) -> Stat | None:
-    """Stat of the finite numbers in ``values`` (None when there is none)."""
-    xs = [float(v) for v in values if _is_number(v) and math.isfinite(float(v))]
-    if not xs:
-        return None
-    n = len(xs)
-    mean = math.fsum(xs) / n
-    std = math.sqrt(math.fsum((x - mean) ** 2 for x in xs) / (n - 1)) if n > 1 else None
-    return Stat(mean, std, n)
-
-
-def compare(row: Stat, base: Stat) -> Delta:
-    """delta = mean - mean_0, SE = sqrt(s^2/n + s_0^2/n_0), exceeds: |delta| > 2 SE."""
-    delta = row.mean - base.mean
-    if row.std is None or base.std is None:
-        return Delta(delta, None, None)
-    se = math.sqrt(row.std**2 / row.n + base.std**2 / base.n)
-    return Delta(delta, se, abs(delta) > SPREAD_FACTOR * se)
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, int | float) and not isinstance(value, bool)
+DASH = tabular.DASH
 
 
 @dataclass
@@ -309,7 +261,7 @@ def _shown(row: Row, column: str) -> Any:
     return row.descriptors[column] if column in row.descriptors else row.config.get(column)
 
 
-# --- rendering ----------------------------------------------------------------------------------
+# --- rendering: the table as cells of experiments/tabular.py -------------------------------------
 def _text(value: Any) -> str:
     if value is None:
         return DASH
@@ -324,25 +276,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def _number(value: float | None, digits: int, sign: bool = False) -> str:
-    if value is None or not math.isfinite(value):
-        return DASH
-    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+def _csv(value: Any) -> str:
+    if value is None or isinstance(value, bool | float):
+        return tabular.csv_value(value)
+    return _text(value)
 
 
-def cell(row: Row, metric: str, digits: int, pm: str = "±") -> str:
-    """``mean ± std`` (and `` (+delta*)`` against a baseline), ``–`` where undefined."""
-    if row.status != FINISHED:
-        return ""
-    stat = row.metrics.get(metric)
-    if stat is None:
-        return DASH
-    text = f"{_number(stat.mean, digits)} {pm} {_number(stat.std, digits)}"
-    delta = row.deltas.get(metric) if row.deltas else None
-    if delta is not None:
-        mark = "?" if delta.exceeds is None else "*" if delta.exceeds else ""
-        text += f" ({_number(delta.delta, digits, sign=True)}{mark})"
-    return text
+def _value(value: Any) -> tabular.Plain:
+    """A descriptor cell: its text (σ 1, enh no) and its CSV field (1.0, false)."""
+    return tabular.Plain(_text(value), _csv(value))
 
 
 def _status_text(row: Row) -> str:
@@ -368,8 +310,77 @@ def _header(name: str) -> str:
     return _HEADERS.get(name, name)
 
 
+def _latex_metric(metric: str) -> str:
+    """``AP$^{r}$`` for APr; AP stays AP."""
+    return metric if metric == "AP" else metric.replace("AP", "AP$^{", 1) + "}$"
+
+
 def _show_status(table: ResultTable) -> bool:
     return table.has_baseline or any(r.status != FINISHED for r in table.rows)
+
+
+_CSV_ONLY = frozenset({"csv"})
+
+
+def _columns_of(table: ResultTable) -> list[tabular.Column]:
+    """Descriptors, metrics, n and status (shown where a row is not a plain finished one), and
+    for CSV only the baseline flag, the runs and the seeds."""
+    extra = ("delta", "exceeds") if table.has_baseline else ()
+    columns = [tabular.Column(c, _header(c)) for c in table.columns]
+    columns += [
+        tabular.Column(
+            m,
+            right=True,
+            latex=_latex_metric(m),
+            fields=(m, f"{m}_std", *(f"{m}_{x}" for x in extra)),
+        )
+        for m in table.metrics
+    ]
+    status = tabular.WRITERS - {"rich"} if _show_status(table) else _CSV_ONLY
+    columns += [tabular.Column("n", right=True), tabular.Column("status", show=status)]
+    return columns + [tabular.Column(k, show=_CSV_ONLY) for k in ("baseline", "runs", "seeds")]
+
+
+def _cells(table: ResultTable, row: Row) -> list[tabular.Cell]:
+    cells: list[tabular.Cell] = [_value(_shown(row, c)) for c in table.columns]
+    if row.status == FINISHED:
+        cells += [
+            tabular.MeanAndDifference(
+                row.metrics.get(m), row.deltas.get(m) if row.deltas else None, table.has_baseline
+            )
+            for m in table.metrics
+        ]
+    else:  # no metrics: the terminal shows the status in the first metric column
+        style = "red" if row.status == FAILED else "yellow"
+        status = tabular.Plain("", "", f"[{style}]{row.status}[/]")
+        cells += [status] + [tabular.Plain("", "")] * (len(table.metrics) - 1)
+    n = str(row.n) if row.status == FINISHED else ""
+    return [
+        *cells,
+        tabular.Plain(n, str(row.n)),
+        tabular.Plain(_status_text(row), row.status),
+        tabular.Plain(_csv(row.baseline)),
+        tabular.Plain(";".join(row.runs)),
+        tabular.Plain(";".join(_csv(s) for s in row.seeds)),
+    ]
+
+
+def cells_table(table: ResultTable) -> tabular.Table:
+    """The table in the model the writers take (experiments/tabular.py)."""
+    rows = [_cells(table, row) for row in table.rows]
+    bold = frozenset(i for i, row in enumerate(table.rows) if row.baseline)
+    return tabular.Table(_columns_of(table), rows, caption(table), table.digits, bold=bold)
+
+
+def _notes(table: ResultTable) -> list[str]:
+    """One line per run that is not finished: its status, path and why."""
+    notes = []
+    for row in table.rows:
+        if row.status != FINISHED:
+            style = "red" if row.status == FAILED else "yellow"
+            detail = f" ({escape(row.detail)})" if row.detail else ""
+            notes.append(f"[{style}]{row.status}[/]: {escape(row.runs[0])}{detail}")
+    return notes
 
 
 def to_rich(table: ResultTable, title: str = "Results") -> Group:
@@ -377,167 +388,37 @@ def to_rich(table: ResultTable, title: str = "Results") -> Group:
 
     Descriptor columns equal in every row move to the title, so that the numbers fit a terminal.
     """
-    columns = list(table.columns)
-    same = [c for c in columns if len({_text(_shown(r, c)) for r in table.rows}) == 1]
+    view = cells_table(table)
+    same = [c for c in table.columns if len({_text(_shown(r, c)) for r in table.rows}) == 1]
     if same and table.rows:
         shared = ", ".join(f"{_header(c)} {_text(_shown(table.rows[0], c))}" for c in same)
         title = f"{escape(title)}\n[dim]{'all rows' if len(table.rows) > 1 else 'run'}: "
         title += f"{escape(shared)}[/]"
-        columns = [c for c in columns if c not in same]
+        view.columns = [
+            replace(c, show=c.show - {"rich"}) if c.key in same else c for c in view.columns
+        ]
     else:
         title = escape(title)
     note = caption(table)
     if table.has_baseline:
         note = "The first row (bold) is the baseline. " + note
-    out = Table(
-        title=title,
-        caption=note,
-        caption_justify="left",
-        box=box.SIMPLE_HEAD,
-        pad_edge=False,
-        collapse_padding=True,
-    )
-    for name in columns:
-        longest = max(len(_text(_shown(r, name))) for r in table.rows)
-        out.add_column(_header(name), min_width=max(len(_header(name)), min(longest, 8)))
-    for m in table.metrics:
-        out.add_column(m, justify="right", no_wrap=True)
-    out.add_column("n", justify="right", no_wrap=True)
-    notes: list[str] = []
-    for row in table.rows:
-        cells = [escape(_text(_shown(row, c))) for c in columns]
-        if row.status != FINISHED:
-            # No metrics: the status stands in the first metric column, the path below.
-            style = "red" if row.status == FAILED else "yellow"
-            cells += [f"[{style}]{row.status}[/]"] + [""] * len(table.metrics) + [""]
-            notes.append(
-                f"[{style}]{row.status}[/]: {escape(row.runs[0])}"
-                + (f" ({escape(row.detail)})" if row.detail else "")
-            )
-            out.add_row(*cells[: len(columns) + len(table.metrics) + 1])
-            continue
-        for m in table.metrics:
-            # mean ± std, and under it the delta to the baseline (coloured where it exceeds).
-            text = cell(row, m, table.digits, pm="±").replace(" ± ", "±")
-            text = text.replace(" (", "\n").rstrip(")")
-            delta = row.deltas.get(m) if row.deltas else None
-            if delta is not None and delta.exceeds:
-                text = f"[{'green' if delta.delta > 0 else 'red'}]{text}[/]"
-            cells.append(text)
-        cells.append(str(row.n))
-        out.add_row(*cells, style="bold" if row.baseline else None)
-    return Group(out, *notes)
-
-
-def _plain_rows(table: ResultTable, pm: str = "±") -> tuple[list[str], list[list[str]]]:
-    header = [_header(c) for c in table.columns] + list(table.metrics) + ["n"]
-    if _show_status(table):
-        header.append("status")
-    body = []
-    for row in table.rows:
-        cells = [_text(_shown(row, c)) for c in table.columns]
-        cells += [cell(row, m, table.digits, pm) for m in table.metrics]
-        cells.append(str(row.n) if row.status == FINISHED else "")
-        if _show_status(table):
-            cells.append(_status_text(row))
-        body.append(cells)
-    return header, body
+    view.title, view.caption, view.notes = title, note, _notes(table)
+    return tabular.to_rich(view)
 
 
 def to_markdown(table: ResultTable) -> str:
-    header, body = _plain_rows(table)
-
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
-
-    n_desc = len(table.columns)
-    align = ["---"] * n_desc + ["---:"] * (len(header) - n_desc)
-    if _show_status(table):
-        align[-1] = "---"
-    lines = [line(header), "| " + " | ".join(align) + " |", *(line(r) for r in body)]
-    return "\n".join(lines) + "\n\n" + caption(table) + "\n"
-
-
-_LATEX_SPECIAL = {
-    "\\": r"\textbackslash{}",
-    "&": r"\&",
-    "%": r"\%",
-    "$": r"\$",
-    "#": r"\#",
-    "_": r"\_",
-    "{": r"\{",
-    "}": r"\}",
-    "~": r"\textasciitilde{}",
-    "^": r"\textasciicircum{}",
-    "σ": r"$\sigma$",
-    "±": r"$\pm$",
-    DASH: "--",
-    "*": r"$^{*}$",
-    "?": r"$^{?}$",
-}
-
-
-def _latex(text: str) -> str:
-    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+    return tabular.to_markdown(cells_table(table))
 
 
 def to_latex(table: ResultTable) -> str:
-    header, body = _plain_rows(table)
-    n_desc = len(table.columns)
-    spec = "l" * n_desc + "r" * (len(header) - n_desc)
-    if _show_status(table):
-        spec = spec[:-1] + "l"
-    header = [h if h not in table.metrics else h.replace("AP", "AP$^{", 1) + "}$" for h in header]
-    header = [h.replace("AP$^{}$", "AP") for h in header]
-    lines = [
-        "% " + caption(table).replace("%", r"\%"),
-        rf"\begin{{tabular}}{{{spec}}}",
-        r"\hline",
-        " & ".join(h if "$" in h else _latex(h) for h in header) + r" \\",
-        r"\hline",
-        *(" & ".join(_latex(c) for c in row) + r" \\" for row in body),
-        r"\hline",
-        r"\end{tabular}",
-    ]
-    return "\n".join(lines) + "\n"
+    return tabular.to_latex(cells_table(table))
 
 
 def to_csv(table: ResultTable) -> str:
     """One line per row; per metric its mean, std (empty for n = 1 or undefined) and, with a
     baseline, delta and exceeds (true/false, empty when unknown)."""
-    header = [*table.columns, "n", "status", "baseline", "runs", "seeds"]
-    for m in table.metrics:
-        header += [m, f"{m}_std"]
-        if table.has_baseline:
-            header += [f"{m}_delta", f"{m}_exceeds"]
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(header)
-    for row in table.rows:
-        cells = [_csv(_shown(row, c)) for c in table.columns]
-        cells += [str(row.n), row.status, _csv(row.baseline), ";".join(row.runs)]
-        cells.append(";".join(_csv(s) for s in row.seeds))
-        for m in table.metrics:
-            stat = row.metrics.get(m)
-            cells += [_csv(stat.mean if stat else None), _csv(stat.std if stat else None)]
-            if table.has_baseline:
-                delta = row.deltas.get(m) if row.deltas else None
-                cells += [
-                    _csv(delta.delta if delta else None),
-                    _csv(delta.exceeds if delta else None),
-                ]
-        writer.writerow(cells)
-    return buffer.getvalue()
-
-
-def _csv(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value) if math.isfinite(value) else ""
-    return _text(value)
+    order = [*table.columns, "n", "status", "baseline", "runs", "seeds", *table.metrics]
+    return tabular.to_csv(cells_table(table), order)
 
 
 def render(table: ResultTable, fmt: str) -> str:
