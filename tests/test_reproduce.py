@@ -13,19 +13,18 @@ from gumbel_analysis.cli.app import app
 from gumbel_analysis.data.synthetic import SyntheticSpec
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.experiments import material
-from gumbel_analysis.experiments.material import ALL_ITEMS, DEFAULT_ITEMS, ITEMS, Claim
-from gumbel_analysis.experiments.reproduce import (
+from gumbel_analysis.experiments.claims import (
     CONTRADICTED,
     HOLDS,
-    MAX_SEEDS_NEEDED,
     NO_RESULT,
     NOT_ESTABLISHED,
-    Measured,
     judge,
-    parse_only,
-    seeds_to_resolve,
     verdict_text,
 )
+from gumbel_analysis.experiments.material import DEFAULT_ITEMS, ITEMS, Claim, all_items
+from gumbel_analysis.experiments.measure import Measured
+from gumbel_analysis.experiments.reproduce import parse_only
+from gumbel_analysis.experiments.stats import MAX_SEEDS_NEEDED, seeds_to_resolve
 from gumbel_analysis.spec.config import TrainConfig, resolve
 
 runner = CliRunner()
@@ -49,7 +48,7 @@ def assert_one_line_error(result, fragment):
 
 
 def test_the_registry_is_consistent():
-    assert set(ALL_ITEMS) == set(ITEMS) and set(DEFAULT_ITEMS) <= set(ITEMS)
+    assert set(all_items()) == set(ITEMS) and set(DEFAULT_ITEMS) <= set(ITEMS)
     by_name = {}
     for item in ITEMS.values():
         names = [c.name for c in item.configs]

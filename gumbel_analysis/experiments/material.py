@@ -2,10 +2,13 @@
 training configurations, and the paper's claims about them.
 
 This is the registry of the material. An *item* (``table1`` ... ``fig3``) names the
-configurations it needs and the claims it makes; a configuration is one ``gumbel train``
-setting (loss, activation, sampler, Enh, temperature) and is trained once per seed, however many
-items use it (Table 3's Gumbel run is also Fig. 1.ii's sigma = 1 point and one side of Figs. 2
-and 3). Adding a table means adding one :class:`Item` here (plus its test).
+configurations it needs, the claims it makes, and what it measures and draws beyond the runs'
+metrics (its ``measure`` and ``draw``; Figs. 1-3's are in ``experiments/figures.py``); a
+configuration is one ``gumbel train`` setting (loss, activation, sampler, Enh, temperature) and is
+trained once per seed, however many items use it (Table 3's Gumbel run is also Fig. 1.ii's
+sigma = 1 point and one side of Figs. 2 and 3). Adding a table or a figure means adding one
+:class:`Item` here with :func:`register` (plus its test): ``gumbel reproduce --only``, its help,
+the planning and the report read the items from :data:`ITEMS`.
 
 Schedules. The paper trains 1x (12 epochs of LVIS) or 2x; on the embedded benchmark 1x is the
 tiny preset's 12 epochs and 2x its 24. ``--quick`` shortens both to a few epochs, for trying the
@@ -14,11 +17,22 @@ command out; its numbers are not the material's.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from gumbel_analysis.data.synthetic import SyntheticSpec
+from gumbel_analysis.experiments import figures
+from gumbel_analysis.experiments.measure import (
+    Figure,
+    ItemContext,
+    Measurement,
+    draw_nothing,
+    measure_nothing,
+)
+from gumbel_analysis.groups import GROUP_LABELS
 from gumbel_analysis.paper import (
+    PAPER_GRADIENT_GAIN_DB,
     PAPER_METRICS,
     PAPER_SIGMAS,
     PAPER_TABLE1,
@@ -137,13 +151,23 @@ class Claim:
     worse: tuple[str, ...]
     paper: str  # what the paper reports for it
     lower_is_better: bool = False
+    # How a verdict writes the difference: "ΔKL = -0.123 nats" (default: the metric, 1 decimal).
+    quantity: str = ""
+    unit: str = ""
+    digits: int | None = None
 
 
 @dataclass(frozen=True)
 class Item:
-    """A table or figure of the material."""
+    """A table or figure of the material.
 
-    key: str
+    Its report section is the metrics table of its configurations (mean ± std over seeds, Δ to
+    the baseline, the paper's numbers), then the tables of ``measure`` and the figures of
+    ``draw``, then its claims, judged after ``measure`` (so a claim may be on a value that
+    ``measure`` adds, such as Fig. 2's ``grad_r``).
+    """
+
+    key: str  # --only's name; "fig..." items follow the tables in the report
     title: str
     schedule: str
     configs: tuple[Config, ...]
@@ -151,6 +175,10 @@ class Item:
     paper: dict[str, tuple[float, ...]] = field(default_factory=dict)
     claims: tuple[Claim, ...] = ()
     note: str = ""
+    # Adds its own per-seed values to ctx.measured; returns its tables and what draw needs.
+    measure: Callable[[ItemContext], Measurement] = measure_nothing
+    # Writes its figures into ctx.figures; returns (caption, path) of each.
+    draw: Callable[[ItemContext, Measurement], list[Figure]] = draw_nothing
 
 
 def _pair(metric: str, better: Config, worse: Config, paper: str) -> Claim:
@@ -163,14 +191,44 @@ def _paper_delta(table: dict, a: str, b: str, metric: str) -> str:
     return f"{table[a][i] - table[b][i]:+.1f}"
 
 
+#: Every item by key: the one registry that --only, the help, the planning and the report read.
 ITEMS: dict[str, Item] = {}
 
 
-def _register(item: Item) -> None:
+def register(item: Item) -> Item:
+    """Add ``item`` to :data:`ITEMS` (ValueError for a key taken)."""
+    if item.key in ITEMS:
+        raise ValueError(f"item {item.key!r} is registered already")
     ITEMS[item.key] = item
+    return item
 
 
-_register(
+def all_items() -> tuple[str, ...]:
+    """Every item's key, in the report's order: the tables, then the figures."""
+    return tuple(sorted(ITEMS, key=lambda k: (k.startswith("fig"), k)))
+
+
+def config_label(name: str) -> str:
+    """The report's name of a configuration (the name itself if no item has it)."""
+    labels = {c.name: c.label for item in ITEMS.values() for c in item.configs}
+    return labels.get(name, name)
+
+
+def _gradient_claim(group: str) -> Claim:
+    words = "all categories" if group == "all" else f"{GROUP_LABELS[group]} categories"
+    return Claim(
+        f"Gumbel's mean positive gradient > Sigmoid's ({words})",
+        figures.gradient_metric(group),
+        "gumbel",
+        ("sigmoid",),
+        f"{PAPER_GRADIENT_GAIN_DB[group]:+g} dB",
+        quantity=f"gradient ({GROUP_LABELS[group]})",
+        unit=" dB",
+        digits=2,
+    )
+
+
+register(
     Item(
         "table3",
         "Table 3: the activations (Mask R-CNN, schedule 1x)",
@@ -187,7 +245,7 @@ _register(
         "run; the tiny preset stands for Mask R-CNN ResNet-50.",
     )
 )
-_register(
+register(
     Item(
         "fig1",
         "Figure 1: the temperature σ ((i) the activation, (ii) AP against σ, schedule 1x)",
@@ -203,33 +261,21 @@ _register(
                 "best at σ = 1.0",
             ),
         ),
+        draw=figures.draw_temperature,
     )
 )
-_register(
+register(
     Item(
         "fig2",
         "Figure 2: mean positive gradient per category (Gumbel vs Sigmoid, schedule 1x)",
         "1x",
         (SIGMOID, GUMBEL),
-        claims=(
-            Claim(
-                "Gumbel's mean positive gradient > Sigmoid's (all categories)",
-                "grad_all",
-                "gumbel",
-                ("sigmoid",),
-                "+7 dB",
-            ),
-            Claim(
-                "Gumbel's mean positive gradient > Sigmoid's (rare categories)",
-                "grad_r",
-                "gumbel",
-                ("sigmoid",),
-                "+10 dB",
-            ),
-        ),
+        claims=tuple(_gradient_claim(g) for g in PAPER_GRADIENT_GAIN_DB),
+        measure=figures.measure_gradients,
+        draw=figures.draw_gradients,
     )
 )
-_register(
+register(
     Item(
         "fig3",
         "Figure 3: per-image category distributions and their KL divergence (schedule 1x)",
@@ -243,12 +289,17 @@ _register(
                 (other.name,),
                 "lower (Fig. 3/4)",
                 lower_is_better=True,
+                quantity="KL",
+                unit=" nats",
+                digits=3,
             )
             for other in (SIGMOID, SOFTMAX)
         ),
+        measure=figures.measure_kl,
+        draw=figures.draw_kl,
     )
 )
-_register(
+register(
     Item(
         "table2",
         "Table 2: long-tail losses with either activation (schedule 1x)",
@@ -266,7 +317,7 @@ _register(
         ),
     )
 )
-_register(
+register(
     Item(
         "table1",
         "Table 1: ablation of RFS, Gumbel, EQL, Enh and DropLoss (schedule 2x)",
@@ -294,7 +345,7 @@ _register(
         ),
     )
 )
-_register(
+register(
     Item(
         "table4",
         "Table 4: against EQLv2 and Seesaw (schedule 2x)",
@@ -322,9 +373,5 @@ _register(
     )
 )
 
-#: The report's name of each configuration.
-CONFIG_LABELS = {c.name: c.label for item in ITEMS.values() for c in item.configs}
 #: ``gumbel reproduce`` without --only: Table 3 and Figures 1-3.
 DEFAULT_ITEMS = ("table3", "fig1", "fig2", "fig3")
-#: Every item, in the report's order: the tables, then the figures.
-ALL_ITEMS = tuple(sorted(ITEMS, key=lambda k: (k.startswith("fig"), k)))

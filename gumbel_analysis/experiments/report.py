@@ -11,9 +11,7 @@ hold now; unfinished runs are listed as such.
 from __future__ import annotations
 
 import base64
-import csv
 import html
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,126 +20,36 @@ from typing import Any
 from gumbel_analysis.data.lvis_io import read_json
 from gumbel_analysis.data.synthetic import ANNOTATION_FILES, group_summary
 from gumbel_analysis.experiments import material
+from gumbel_analysis.experiments.claims import CONTRADICTED, HOLDS, Verdict, judge, verdict_text
 from gumbel_analysis.experiments.material import Item
-from gumbel_analysis.experiments.reproduce import (
-    CONTRADICTED,
-    HOLDS,
-    Measured,
-    Plan,
-    Verdict,
-    difference,
-    judge,
-    measure_gradients,
-    measure_kl,
-    measure_runs,
-    read_timings,
-    verdict_text,
-)
+from gumbel_analysis.experiments.measure import Figure, ItemContext, Measured, measure_runs
+from gumbel_analysis.experiments.reproduce import Plan, data_folder, read_timings
 from gumbel_analysis.experiments.runs import FINISHED
-from gumbel_analysis.experiments.table import SPREAD_FACTOR, Delta, Stat
+from gumbel_analysis.experiments.tabular import (
+    Difference,
+    Table,
+    table,
+    to_csv,
+    to_html,
+    to_markdown,
+)
+from gumbel_analysis.groups import FREQUENCY_GROUPS, GROUP_NAMES
 from gumbel_analysis.io import atomic_path
-from gumbel_analysis.paper import PAPER_CLIP, PAPER_METRICS, PAPER_SIGMAS
+from gumbel_analysis.paper import PAPER_METRICS
 
 METRICS = PAPER_METRICS  # AP, APr, APc, APf, APb
-GROUP_LABELS = {"all": "all", "r": "rare", "c": "common", "f": "frequent"}
-
-
-@dataclass
-class Table:
-    """Rows of cells: str, Stat (mean ± std), a (delta, Delta) pair, or None (empty)."""
-
-    columns: list[str]
-    rows: list[list[Any]]
-    caption: str = ""
-    digits: int = 1
 
 
 @dataclass
 class Section:
+    """One item's part of the report."""
+
     item: Item
     command: str
     table: Table
-    figures: list[tuple[str, Path]] = field(default_factory=list)
+    figures: list[Figure] = field(default_factory=list)
     extra: list[Table] = field(default_factory=list)
     verdicts: list[Verdict] = field(default_factory=list)
-
-
-# --- cells --------------------------------------------------------------------------------------
-
-
-def _cell_text(cell: Any, digits: int) -> str:
-    if cell is None:
-        return "–"
-    if isinstance(cell, Stat):
-        text = f"{cell.mean:.{digits}f}"
-        return text + (f" ± {cell.std:.{digits}f}" if cell.std is not None else "")
-    if isinstance(cell, tuple):  # (Delta, marker)
-        delta = cell[0]
-        mark = "" if delta.exceeds is None else ("*" if delta.exceeds else "")
-        return f"{delta.delta:+.{digits}f}{mark}"
-    if isinstance(cell, float):
-        return f"{cell:.{digits}f}"
-    return str(cell)
-
-
-def _csv_cells(columns: list[str], row: list[Any]) -> dict[str, dict[str, str]]:
-    """Per column, its CSV fields: the value, and ``_std``/``_n`` or ``_se``/``_exceeds``."""
-    cells: dict[str, dict[str, str]] = {}
-    for name, cell in zip(columns, row, strict=True):
-        out = cells[name] = {}
-        if isinstance(cell, Stat):
-            out[name] = repr(cell.mean)
-            out[f"{name}_std"] = "" if cell.std is None else repr(cell.std)
-            out[f"{name}_n"] = str(cell.n)
-        elif isinstance(cell, tuple):
-            delta = cell[0]
-            out[name] = repr(delta.delta)
-            out[f"{name}_se"] = "" if delta.se is None else repr(delta.se)
-            out[f"{name}_exceeds"] = "" if delta.exceeds is None else str(delta.exceeds).lower()
-        elif cell is None:
-            out[name] = ""
-        else:
-            out[name] = str(cell)
-    return cells
-
-
-def to_markdown(table: Table) -> str:
-    def line(cells: list[str]) -> str:
-        return "| " + " | ".join(c.replace("|", r"\|") for c in cells) + " |"
-
-    lines = [line(table.columns), "| " + " | ".join("---" for _ in table.columns) + " |"]
-    lines += [line([_cell_text(c, table.digits) for c in row]) for row in table.rows]
-    return "\n".join(lines) + ("\n\n" + table.caption if table.caption else "") + "\n"
-
-
-def to_csv(table: Table) -> str:
-    rows = [_csv_cells(table.columns, row) for row in table.rows]
-    header: list[str] = []
-    for column in table.columns:  # each column's fields side by side, in the columns' order
-        for row in rows:
-            header += [k for k in row[column] if k not in header]
-    rows = [{k: v for fields in row.values() for k, v in fields.items()} for row in rows]
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, header, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buffer.getvalue()
-
-
-def to_html(table: Table) -> str:
-    head = "".join(f"<th>{html.escape(c)}</th>" for c in table.columns)
-    body = []
-    for row in table.rows:
-        cells = []
-        for cell in row:
-            cls = ""
-            if isinstance(cell, tuple) and cell[0].exceeds:
-                cls = " class='up'" if cell[0].delta > 0 else " class='down'"
-            text = html.escape(_cell_text(cell, table.digits))
-            cells.append(f"<td{cls}>{text}</td>")
-        body.append("<tr>" + "".join(cells) + "</tr>")
-    caption = f"<caption>{html.escape(table.caption)}</caption>" if table.caption else ""
-    return f"<table>{caption}<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
 # --- tables of the items ------------------------------------------------------------------------
@@ -160,9 +68,10 @@ def _state(measured: Measured, plan: Plan, name: str, schedule: str) -> str:
     return text + (f" ({', '.join(notes)})" if notes else "")
 
 
-def metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
-    """The paper's layout: a row per configuration, the metrics as mean ± std over seeds, the
-    difference to the baseline (``*``: beyond 2 SE) and the paper's own numbers."""
+def item_metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
+    """An item's table in the paper's layout: a row per configuration, its AP metrics as mean ±
+    std over seeds, the difference to the baseline (``*``: beyond the spread) and the paper's
+    own numbers."""
     columns = ["configuration", "loss", "act.", "sampler", "Enh", "seeds", *METRICS]
     if item.baseline:
         columns += ["ΔAP", "ΔAPr"]
@@ -189,9 +98,8 @@ def metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
                 if not (here and base) or config.name == item.baseline:
                     row.append(None)
                     continue
-                delta, se = difference(measured, config.name, item.baseline, item.schedule, m)
-                exceeds = None if se is None else abs(delta) > SPREAD_FACTOR * se
-                row.append((Delta(delta, se, exceeds), ""))
+                delta = measured.difference(config.name, item.baseline, item.schedule, m)
+                row.append(Difference(delta) if delta else None)
         if item.paper:
             paper = item.paper.get(config.name)
             row += [paper[0], paper[1]] if paper else [None, None]
@@ -210,45 +118,13 @@ def metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
         caption += " paper: the supplementary material's LVIS v1 numbers (ResNet-50)."
     if item.note:
         caption += " " + item.note
-    return Table(columns, rows, caption)
-
-
-def gradient_table(item: Item, measured: Measured) -> Table:
-    columns = ["run", *(f"{GROUP_LABELS[g]} (dB)" for g in ("all", "r", "c", "f"))]
-    rows = []
-    for config in item.configs:
-        rows.append(
-            [
-                config.label,
-                *(
-                    measured.stat(config.name, item.schedule, f"grad_{g}")
-                    for g in ("all", "r", "c", "f")
-                ),
-            ]
-        )
-    from gumbel_analysis.analysis.gradients import DEFAULT_DB_SCALE
-
-    caption = (
-        f"Mean positive gradient per category in dB ({DEFAULT_DB_SCALE}·log10, as gumbel grads), "
-        "averaged over each group's categories (mean ± std over seeds). Paper: Gumbel − Sigmoid "
-        "about +7 dB overall, +10 dB rare."
-    )
-    return Table(columns, rows, caption, digits=2)
-
-
-def kl_table(item: Item, measured: Measured) -> Table:
-    columns = ["run", "mean KL per image (nats)"]
-    rows = [
-        [config.label, measured.stat(config.name, item.schedule, "kl_mean")]
-        for config in item.configs
-    ]
-    caption = "KL(target ‖ predicted) per val image, mean over images (mean ± std over seeds)."
-    return Table(columns, rows, caption, digits=3)
+    return table(columns, rows, caption)
 
 
 def claims_table(verdicts: list[Verdict]) -> Table:
+    """Each claim, what the paper reports and its verdict here."""
     rows = [[v.claim.text, v.claim.paper, verdict_text(v)] for v in verdicts]
-    return Table(["claim", "paper", "on this benchmark"], rows)
+    return table(["claim", "paper", "on this benchmark"], rows)
 
 
 def _schedule_words(item: Item, plan: Plan) -> str:
@@ -275,59 +151,19 @@ def command_of(item: Item, plan: Plan) -> str:
 
 
 def build_sections(plan: Plan, figures_dir: Path) -> tuple[list[Section], Measured]:
-    """Measure every item and draw its figures into ``figures_dir``."""
-    from gumbel_analysis.experiments.sweep import plot_sweep
-
+    """Measure every item, draw its figures into ``figures_dir`` and judge its claims."""
     measured = measure_runs(plan)
-    data = plan.out / "data"
     figures_dir.mkdir(parents=True, exist_ok=True)
     sections = []
     for item in plan.items:
-        section = Section(item, command_of(item, plan), metrics_table(item, measured, plan))
-        if item.key == "fig1":
-            from gumbel_analysis.analysis.temperature import plot_temperature
-
-            path = figures_dir / "figure_1i.png"
-            plot_temperature(list(PAPER_SIGMAS), *PAPER_CLIP, path)
-            section.figures.append(("(i) the Gumbel activation per temperature σ", path))
-            points = _sweep_points(item, measured)
-            if points:
-                path = figures_dir / "figure_1ii.png"
-                plot_sweep(points, path, f"Fig. 1.ii on the benchmark ({item.schedule})")
-                section.figures.append(("(ii) AP and APr against σ", path))
-        elif item.key == "fig2":
-            comparison = measure_gradients(measured, item)
-            section.extra.append(gradient_table(item, measured))
-            if comparison is not None:
-                from gumbel_analysis.analysis.gradients import plot_gradients
-
-                path = figures_dir / "figure_2.png"
-                plot_gradients(comparison, path)
-                section.figures.append(("mean positive gradient per category (first seed)", path))
-        elif item.key == "fig3":
-            comparison = measure_kl(measured, item, data)
-            section.extra.append(kl_table(item, measured))
-            if comparison is not None:
-                from gumbel_analysis.analysis.kl_plot import plot_kl_dist
-
-                path = figures_dir / "figure_3.png"
-                plot_kl_dist(comparison, path, data / "images")
-                section.figures.append(("per-image category distributions (first seed)", path))
+        ctx = ItemContext(item, measured, data_folder(plan.out), figures_dir)
+        section = Section(item, command_of(item, plan), item_metrics_table(item, measured, plan))
+        measurement = item.measure(ctx)
+        section.extra = list(measurement.tables)
+        section.figures = list(item.draw(ctx, measurement))
         section.verdicts = [judge(c, measured, item.schedule) for c in item.claims]
         sections.append(section)
     return sections, measured
-
-
-def _sweep_points(item: Item, measured: Measured) -> list[dict[str, Any]]:
-    points = []
-    for config, sigma in zip(item.configs, PAPER_SIGMAS, strict=True):
-        stats = {m: measured.stat(config.name, item.schedule, m) for m in ("AP", "APr")}
-        if all(s is None for s in stats.values()):
-            continue
-        point: dict[str, Any] = {"temperature": sigma}
-        point.update({m: s.as_dict() if s else None for m, s in stats.items()})
-        points.append(point)
-    return points
 
 
 def _write_text(path: Path, text: str) -> None:
@@ -404,18 +240,19 @@ def _verdict_html(v: Verdict) -> str:
 
 
 def _data_table(plan: Plan) -> str:
-    folder = plan.out / "data" / "annotations"
+    folder = data_folder(plan.out) / "annotations"
     train = read_json(folder / ANNOTATION_FILES["train"])
     val = read_json(folder / ANNOTATION_FILES["val"])
     summary = group_summary(train, val)
     keys = ("classes", "train_images", "val_images", "val_instances")
-    rows = [[GROUP_LABELS[g], *(summary[g][k] for k in keys)] for g in ("r", "c", "f")]
-    table = Table(
-        ["group", "classes", "train images", "val images", "val instances"],
-        [[str(c) for c in r] for r in rows],
-        f"make-data key {material.BENCHMARK.key()}",
+    rows = [[GROUP_NAMES[g], *(summary[g][k] for k in keys)] for g in FREQUENCY_GROUPS]
+    return to_html(
+        table(
+            ["group", "classes", "train images", "val images", "val instances"],
+            [[str(c) for c in r] for r in rows],
+            f"make-data key {material.BENCHMARK.key()}",
+        )
     )
-    return to_html(table)
 
 
 def render_html(

@@ -1,0 +1,124 @@
+"""A figure of `gumbel reproduce` is one Item of the registry: a throwaway figure, registered with
+its own measure and draw, is planned, measured, drawn, judged and reported with nothing else
+touched (on fake run folders: no training)."""
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from gumbel_analysis.cli import reproduce as reproduce_cli
+from gumbel_analysis.cli.app import app
+from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
+from gumbel_analysis.experiments import material
+from gumbel_analysis.experiments.claims import HOLDS
+from gumbel_analysis.experiments.material import DEFAULT_ITEMS, GUMBEL, SIGMOID, Claim, Item
+from gumbel_analysis.experiments.measure import Figure, Measurement
+from gumbel_analysis.experiments.plan import SKIP, PlannedRun
+from gumbel_analysis.experiments.report import write_report
+from gumbel_analysis.experiments.reproduce import Plan, Planned, parse_only, run_path
+from gumbel_analysis.experiments.tabular import table
+
+KEY = "fig99"
+# Per seed: (Sigmoid's AP, Gumbel's AP); the throwaway figure measures 10 x AP.
+AP = {0: (10.0, 12.0), 1: (11.0, 13.1), 2: (9.0, 11.2)}
+
+
+def measure_tenfold(ctx):
+    """The throwaway figure's own value: ten times each finished run's AP."""
+    for config in ctx.item.configs:
+        for seed, run in ctx.measured.finished(config.name, ctx.item.schedule).items():
+            ctx.measured.add(
+                config.name, ctx.item.schedule, "tenfold", seed, 10 * run.metrics["AP"]
+            )
+    rows = [
+        [c.label, ctx.measured.stat(c.name, ctx.item.schedule, "tenfold")] for c in ctx.item.configs
+    ]
+    return Measurement([table(["run", "tenfold AP"], rows, "Ten times AP.")], drawable="drawn")
+
+
+def draw_tenfold(ctx, measurement):
+    path = ctx.figures / "figure_99.png"
+    path.write_bytes(b"\x89PNG " + measurement.drawable.encode())
+    return [Figure("the throwaway figure", path)]
+
+
+THROWAWAY = Item(
+    KEY,
+    "Figure 99: a throwaway figure (schedule 1x)",
+    "1x",
+    (SIGMOID, GUMBEL),
+    claims=(
+        Claim(
+            "Gumbel's tenfold AP > Sigmoid's",
+            "tenfold",
+            "gumbel",
+            ("sigmoid",),
+            "+20",
+            quantity="tenfold AP",
+            unit=" pt",
+            digits=2,
+        ),
+    ),
+    measure=measure_tenfold,
+    draw=draw_tenfold,
+)
+
+
+@pytest.fixture
+def throwaway():
+    material.register(THROWAWAY)
+    yield THROWAWAY
+    del material.ITEMS[KEY]
+    assert KEY not in material.all_items()
+
+
+def fake_runs(out, item, seeds):
+    """Finished run folders of the item's configurations, as reproduce --quick names them."""
+    planned = []
+    for config, column in zip(item.configs, (0, 1), strict=True):
+        for seed in seeds:
+            path = run_path(out, config, item.schedule, True, seed)
+            path.mkdir(parents=True)
+            cfg = {"seed": seed, "loss": config.loss, "activation": config.loss}
+            (path / "config.json").write_text(json.dumps(cfg))
+            (path / "metrics.json").write_text(json.dumps({"AP": AP[seed][column]}))
+            (path / "model_final.pt").write_bytes(b"")
+            run = PlannedRun(path, {}, SKIP, "finished", seed=seed)
+            planned.append(Planned(config, item.schedule, 1, run))
+    return planned
+
+
+def test_a_registered_figure_is_an_item_of_only_and_the_help(throwaway):
+    assert KEY in material.all_items() and material.all_items()[-1] == KEY  # after the figures
+    assert parse_only(f"{KEY},table3", DEFAULT_ITEMS) == ["table3", KEY]
+    assert KEY in reproduce_cli.only_help() and KEY in reproduce_cli.every_item_help()
+    with pytest.raises(ValueError, match="registered already"):
+        material.register(throwaway)
+
+
+def test_a_registered_figure_is_measured_drawn_judged_and_reported(throwaway, tmp_path):
+    out = tmp_path / "report"
+    out.mkdir()
+    make_synthetic(out / "data", SyntheticSpec(classes=5, train_images=20, val_images=6, size=64))
+    seeds = sorted(AP)
+    plan = Plan(out, [material.ITEMS[KEY]], seeds, True, fake_runs(out, throwaway, seeds))
+    summary = write_report(plan)
+
+    assert summary["figures"] == [str(out / "figures" / "figure_99.png")]
+    (claim,) = summary["claims"]
+    assert claim["item"] == KEY and claim["verdict"] == HOLDS  # paired: +21 ± 0.58
+    assert claim["text"].startswith("holds: Δtenfold AP = +21.00 pt ± ")
+    md = (out / "tables" / f"{KEY}.md").read_text()
+    assert md.startswith(f"# {throwaway.title}\n") and f"--only {KEY} --seeds 3" in md
+    assert "| Gumbel | 121.0 ± 9.5 |" in md and "Ten times AP." in md
+    assert "Gumbel's tenfold AP > Sigmoid's" in md
+    page = (out / "report.html").read_text()
+    assert f"<h2 id='{KEY}'>" in page and "the throwaway figure" in page
+    assert page.count("src='data:image/png;base64,") == 1
+
+
+def test_the_help_lists_every_item_of_the_registry():
+    result = CliRunner().invoke(app, ["reproduce", "--help"], env={"TERMINAL_WIDTH": "240"})
+    assert result.exit_code == 0, result.output
+    assert ",".join(material.all_items()) in result.stdout
