@@ -19,7 +19,6 @@ from typing import Any
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.experiments.plan import (  # noqa: F401 - the sweep's vocabulary
-    _PRE_CHECKPOINT_FILES,
     EVALUATE,
     RESTART,
     RESUME,
