@@ -17,6 +17,9 @@ from gumbel_analysis.cli.common import (
     reports_input_errors,
 )
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.spec.config import check_fields
+from gumbel_analysis.spec.layout import RunLayout
+from gumbel_analysis.spec.presets import Recipe
 
 _RESULTS_SUFFIXES = (".json",)
 
@@ -104,14 +107,10 @@ def evaluate(
         raise InputError(f"--iou-type must be segm or bbox, got {unknown[0]!r}")
     if evaluator not in ("fast", "lvis"):
         raise InputError(f"--evaluator must be fast or lvis, got {evaluator!r}")
-    if max_dets is not None and max_dets < 1:
-        raise InputError(f"--max-dets must be a positive integer, got {max_dets}")
-    if score_threshold is not None and not 0.0 <= score_threshold < 1.0:  # NaN fails too
-        raise InputError(f"--score-threshold must be in [0, 1), got {score_threshold}")
-    if workers is not None and workers < 0:
-        raise InputError(f"--workers must be 0 or more, got {workers}")
-    if batch_size is not None and batch_size < 1:
-        raise InputError(f"--batch-size must be an integer >= 1, got {batch_size}")
+    # The run's options, checked as gumbel train checks them.
+    check_fields(
+        max_dets=max_dets, score_threshold=score_threshold, workers=workers, batch_size=batch_size
+    )
     if out is not None:
         from gumbel_analysis.io import check_writable_folder
 
@@ -120,7 +119,7 @@ def evaluate(
         for name, value in (("--score-threshold", score_threshold), ("--workers", workers)):
             if value is not None:
                 raise InputError(f"{name} is for a run; a results file is evaluated as it is")
-        max_dets = 300 if max_dets is None else max_dets
+        max_dets = Recipe.max_dets if max_dets is None else max_dets
         _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as_json)
         return
     if gt is not None:
@@ -184,7 +183,7 @@ def _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as
     if out is not None:
         from gumbel_analysis.io import write_text_atomic
 
-        write_text_atomic(out / "metrics.json", json.dumps(report, indent=2) + "\n")
+        write_text_atomic(RunLayout(out).metrics, json.dumps(report, indent=2) + "\n")
     if as_json:
         print_json(report)
         return
@@ -192,4 +191,4 @@ def _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as
         err_console.print(f"note: {note}", markup=False)
     console.print(metrics_table(metrics, f"{source.name}: LVIS metrics"))
     if out is not None:
-        console.print(f"metrics: {out / 'metrics.json'}")
+        console.print(f"metrics: {RunLayout(out).metrics}")

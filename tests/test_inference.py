@@ -44,7 +44,9 @@ def run_dir(data_dir, tmp_path_factory):
     """A run folder holding a randomly initialised tiny model (no training needed here)."""
     model, cfg = _model_and_config(data_dir)
     run = tmp_path_factory.mktemp("run")
-    ckpt.save_checkpoint(run / ckpt.FINAL, {"model": model.state_dict(), "config": cfg.to_dict()})
+    ckpt.save_checkpoint(
+        RunPaths(run).final, {"model": model.state_dict(), "config": cfg.to_dict()}
+    )
     return run
 
 
