@@ -10,9 +10,9 @@ import torch
 
 from gumbel_analysis.data.dataset import LVISDetection, collate
 from gumbel_analysis.data.synthetic import SyntheticSpec, default_cache_root, ensure_synthetic
-from gumbel_analysis.engine.config import TrainConfig
 from gumbel_analysis.engine.setup import data_paths, make_loss
 from gumbel_analysis.model import build_model
+from gumbel_analysis.spec.config import TrainConfig
 
 
 def synthetic_batches(count: int, batch_size: int, device: torch.device):

@@ -18,10 +18,10 @@ import torch
 from _training import interleaved, model_for, synthetic_batches, timed_step
 from rich.console import Console
 
-from gumbel_analysis.engine.config import TrainConfig
 from gumbel_analysis.engine.setup import RunPaths
-from gumbel_analysis.engine.train import open_grad_log
-from gumbel_analysis.hooks import PositiveGradientRecorder
+from gumbel_analysis.engine.train import build_grad_log_writer
+from gumbel_analysis.hooks.gradient_recorder import GradientRecorderHook
+from gumbel_analysis.spec.config import TrainConfig
 
 
 def main() -> None:
@@ -40,12 +40,14 @@ def main() -> None:
     off_model, _, off_opt = model_for(args.loss, dataset, args.preset, device)
     on_model, loss, on_opt = model_for(args.loss, dataset, args.preset, device)
     tmp = Path(tempfile.mkdtemp())
-    recorder = PositiveGradientRecorder(
+    recorder = GradientRecorderHook(
         loss.num_classes, every=args.every, weights_fn=lambda: getattr(loss, "last_weights", None)
     )
-    recorder.writer = open_grad_log(RunPaths(tmp), TrainConfig(loss=args.loss), loss, dataset, None)
+    recorder.writer = build_grad_log_writer(
+        RunPaths(tmp), TrainConfig(loss=args.loss), loss, dataset, None
+    )
     recorder.trainer = SimpleNamespace(iteration=0, epoch=0, epoch_iteration=1)
-    on_model.roi_heads.on_class_logits = recorder.watch
+    on_model.roi_heads.register_class_logits_hook(recorder.watch)
 
     def off(r):
         return timed_step(off_model, off_opt, batches[r % len(batches)], device)

@@ -21,10 +21,10 @@ from gumbel_analysis.cli.training_options import (
     CheckpointEveryOption,
     DeviceOption,
     WorkersOption,
-    check_counts_and_device,
 )
 from gumbel_analysis.experiments import material
 from gumbel_analysis.experiments.material import DEFAULT_ITEMS
+from gumbel_analysis.spec.config import check_fields
 
 
 def only_help() -> str:
@@ -94,19 +94,8 @@ def reproduce(
     from gumbel_analysis.experiments import reproduce as lib
     from gumbel_analysis.experiments.report import write_report
 
-    check_counts_and_device(
-        device, (("--workers", workers, 0), ("--checkpoint-every", checkpoint_every, 0))
-    )
+    machine = check_fields(device=device, workers=workers, checkpoint_every=checkpoint_every)
     items = lib.parse_only(only, DEFAULT_ITEMS)
-    machine = {
-        k: v
-        for k, v in {
-            "device": device,
-            "workers": workers,
-            "checkpoint_every": checkpoint_every,
-        }.items()
-        if v is not None
-    }
     start = time.perf_counter()
     quiet = as_json or not progress
     plan = lib.plan_reproduce(

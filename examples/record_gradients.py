@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from gumbel_analysis.hooks import GradientRecorder
+from gumbel_analysis.hooks.gradient_recorder import GradientRecorder
 from gumbel_analysis.losses import build_loss
 
 C, DIM, STEPS, EVERY = 12, 32, 200, 20

@@ -15,6 +15,8 @@ class HookBase:
     """
 
     trainer: Any = None
+    #: The name of this hook's state in a checkpoint; None: the class name.
+    state_key: str | None = None
 
     def before_train(self) -> None:
         pass
@@ -38,16 +40,25 @@ class HookBase:
     def load_state_dict(self, state: dict) -> None:
         pass
 
+    @property
+    def checkpoint_name(self) -> str:
+        """The key of :meth:`state_dict` in a checkpoint's ``hooks``."""
+        return self.state_key or type(self).__name__
+
 
 class HookList:
+    """Hooks called in the order given."""
+
     def __init__(self, hooks: Iterable[HookBase] = ()):
         self.hooks = list(hooks)
 
     def attach(self, trainer: Any) -> None:
+        """Give every hook its ``trainer``."""
         for h in self.hooks:
             h.trainer = trainer
 
     def call(self, method: str) -> None:
+        """Call ``method`` of every hook, in order."""
         for h in self.hooks:
             getattr(h, method)()
 

@@ -16,7 +16,7 @@ With any PyTorch classifier (``docs/grad-log.md`` describes the file; ``gumbel g
 
 ``categories`` are names or dicts with ``id``, ``name``, ``frequency`` (r/c/f),
 ``image_count`` and ``instance_count``. In ``gumbel train`` the loop's hook,
-:class:`PositiveGradientRecorder`, is a thin adapter that steps it with the trainer's iteration
+:class:`GradientRecorderHook`, is a thin adapter that steps it with the trainer's iteration
 and epoch and keeps its unwritten sums in the checkpoint.
 """
 
@@ -226,16 +226,27 @@ class GradientRecorder:
         self.last_row_iteration = int(state.get("last_row_iteration", 0))
 
 
-class PositiveGradientRecorder(GradientRecorder, HookBase):
-    """The training loop's hook: a :class:`GradientRecorder` stepped with the trainer's
-    iteration and epoch (a row every ``every`` iterations, the partial last row at the end);
-    its unwritten sums travel in the checkpoint (``state_dict``)."""
+class GradientRecorderHook(GradientRecorder, HookBase):
+    """The training loop's hook: a :class:`GradientRecorder` (positives and negatives) stepped
+    with the trainer's iteration and epoch (a row every ``every`` iterations, the partial last
+    row at the end); its unwritten sums travel in the checkpoint (``state_dict``).
+
+    ``open_writer(resume_after)``: opens the log when training starts, once a resumed run's state
+    is loaded: ``resume_after`` is the iteration of the last row the checkpoint saw (rows past it
+    are dropped), None for a run from iteration 0. Or give an open ``writer``; neither: no file
+    (another rank's recorder, whose sums are added into rank 0's rows).
+    """
+
+    # Checkpoints name this hook's state by the class's earlier name: runs saved before the
+    # rename resume with their pending sums and rows.
+    state_key = "PositiveGradientRecorder"
 
     def __init__(
         self,
         num_classes: int,
         *,
         writer: GradientLogWriter | None = None,
+        open_writer: Callable[[int | None], GradientLogWriter] | None = None,
         every: int = 50,
         weights_fn: Callable[[], torch.Tensor | None] | None = None,
         scale_fn: Callable[[], torch.Tensor | float] | None = None,
@@ -249,11 +260,17 @@ class PositiveGradientRecorder(GradientRecorder, HookBase):
             scale_fn=scale_fn,
             reduce_fn=reduce_fn,
         )
+        self.open_writer = open_writer
 
     def _row_epoch(self) -> int:
         # The row ends at the iteration just done; its epoch is that iteration's epoch.
         t = self.trainer
         return t.epoch - (1 if t.epoch_iteration == 0 else 0)
+
+    def before_train(self) -> None:
+        if self.open_writer is not None and self.writer is None:
+            resumed = self.trainer.iteration > 0
+            self.writer = self.open_writer(self.last_row_iteration if resumed else None)
 
     def after_step(self) -> None:
         if self.trainer.iteration % self.every == 0:
@@ -269,4 +286,4 @@ class PositiveGradientRecorder(GradientRecorder, HookBase):
                 self.writer.close()
 
 
-__all__ = ["QUANTITIES", "GradientRecorder", "PositiveGradientRecorder", "log_categories"]
+__all__ = ["QUANTITIES", "GradientRecorder", "GradientRecorderHook", "log_categories"]

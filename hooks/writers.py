@@ -1,7 +1,8 @@
-"""The loop's own hooks: metrics to ``metrics.jsonl``, checkpoints, the progress bar.
+"""The loop's writers: metrics to ``metrics.jsonl``, checkpoints, the progress bar.
 
-Each is a :class:`gumbel_analysis.hooks.HookBase`; recording (the trainer's ``storage`` of the
-latest losses) is separate from writing (these hooks), as in detectron2.
+Each is a :class:`~gumbel_analysis.hooks.base.HookBase`. Recording is separate from writing, as
+in detectron2: the loop puts each step's losses into the trainer's ``storage`` (an
+:class:`~gumbel_analysis.hooks.events.EventStorage`) and these hooks read them from it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from rich.progress import (
     TimeRemainingColumn,
 )
 
-from gumbel_analysis.hooks import HookBase
+from gumbel_analysis.hooks.base import HookBase
 from gumbel_analysis.io import write_text_atomic
 
 
@@ -55,7 +56,7 @@ class MetricsWriter(HookBase):
             "iteration": it,
             "epoch": self.trainer.epoch,
             "lr": self.trainer.lr,
-            **{k: round(v, 6) for k, v in self.trainer.storage.items()},
+            **{k: round(v, 6) for k, v in self.trainer.storage.latest().items()},
             "sec_per_iter": round((now - self._t0) / max(it - self._it0, 1), 4),
         }
         self._t0, self._it0 = now, it
@@ -88,9 +89,13 @@ class Checkpointer(HookBase):
 
 
 class ProgressBar(HookBase):
-    """A rich progress bar: iteration, epoch, loss, learning rate, ETA."""
+    """A rich progress bar: iteration, epoch, loss, learning rate, ETA.
 
-    def __init__(self, total: int, console: Console | None = None):
+    ``total``: the iterations of the run; None (the default) takes the trainer's ``max_iter``
+    when training starts, so the bar can be built before the trainer.
+    """
+
+    def __init__(self, console: Console | None = None, total: int | None = None):
         self.total = total
         self.progress = Progress(
             TextColumn("[bold]train[/] epoch {task.fields[epoch]}"),
@@ -108,7 +113,7 @@ class ProgressBar(HookBase):
         self.progress.start()
         self.task = self.progress.add_task(
             "train",
-            total=self.total,
+            total=self.trainer.max_iter if self.total is None else self.total,
             completed=self.trainer.iteration,
             epoch=self.trainer.epoch,
             loss=float("nan"),
@@ -121,7 +126,7 @@ class ProgressBar(HookBase):
             self.task,
             completed=t.iteration,
             epoch=f"{t.epoch + 1}/{t.cfg.epochs}",
-            loss=t.storage.get("loss", float("nan")),
+            loss=t.storage.latest().get("loss", float("nan")),
             lr=t.lr,
         )
 

@@ -11,12 +11,12 @@ import torch
 
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.engine import checkpoint as ckpt
-from gumbel_analysis.engine.config import TrainConfig, resolve
 from gumbel_analysis.engine.setup import make_loss
 from gumbel_analysis.engine.train import train
 from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.hooks import HookBase
 from gumbel_analysis.losses import LVIS_V1_LAMBDA, LVIS_V1_TRAIN_IMAGES, lambda_from_groups
+from gumbel_analysis.spec.config import TrainConfig, resolve
 
 SPEC = SyntheticSpec(classes=6, train_images=24, val_images=6, size=64, seed=1)
 

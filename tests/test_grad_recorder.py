@@ -16,7 +16,8 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from gumbel_analysis.hooks import GradientLogWriter, PositiveGradientRecorder, log_attributes
+from gumbel_analysis.hooks import GradientLogWriter, log_attributes
+from gumbel_analysis.hooks.gradient_recorder import GradientRecorderHook
 from gumbel_analysis.losses import build_loss, drop_weights
 
 C = 4
@@ -60,7 +61,7 @@ def expected_sums(pos_grad, neg_grad, labels, weights=None):
 def test_recorded_sums_are_the_analytic_per_proposal_gradients(name, sigma):
     logits, labels = batch(0)
     loss = build_loss(name, C, **({"temperature": sigma} if name == "gumbel" else {}))
-    recorder = PositiveGradientRecorder(C)
+    recorder = GradientRecorderHook(C)
     x = logits.clone().requires_grad_()
     recorder.watch(x, labels)
     loss(x, labels).backward()
@@ -72,7 +73,7 @@ def test_recorded_sums_are_the_analytic_per_proposal_gradients(name, sigma):
 def test_softmax_positive_gradient_is_p_minus_one():
     logits, labels = batch(1)
     x = logits.clone().requires_grad_()
-    recorder = PositiveGradientRecorder(C)
+    recorder = GradientRecorderHook(C)
     recorder.watch(x, labels)
     build_loss("softmax", C)(x, labels).backward()
     p = torch.softmax(logits, 1)
@@ -83,7 +84,7 @@ def test_gol_dropped_negatives_are_absent():
     logits, labels = batch(2, cols=C)
     loss = build_loss("gol", C, class_frequency=FREQ, lambda_=1e-3)
     loss.generator = torch.Generator().manual_seed(4)
-    recorder = PositiveGradientRecorder(C, weights_fn=lambda: loss.last_weights)
+    recorder = GradientRecorderHook(C, weights_fn=lambda: loss.last_weights)
     x = logits.clone().requires_grad_()
     recorder.watch(x, labels)
     loss(x, labels).backward()
@@ -98,8 +99,8 @@ def test_amp_scale_is_divided_out():
     logits, labels = batch(3)
     loss = build_loss("sigmoid", C)
     plain, scaled = (
-        PositiveGradientRecorder(C),
-        PositiveGradientRecorder(C, scale_fn=lambda: 1024.0),
+        GradientRecorderHook(C),
+        GradientRecorderHook(C, scale_fn=lambda: 1024.0),
     )
     x = logits.clone().requires_grad_()
     plain.watch(x, labels)
@@ -108,6 +109,28 @@ def test_amp_scale_is_divided_out():
     scaled.watch(y, labels)
     (loss(y, labels) * 1024.0).backward()
     torch.testing.assert_close(plain.pop(), scaled.pop())
+
+
+def test_loss_scale_fn_is_the_scale_the_loss_was_multiplied_by():
+    # The training loop's recorder divides by the scaler's current scale, read through the public
+    # GradScaler API and without a host sync; it follows the scale as update() changes it.
+    from gumbel_analysis.engine.trainer import loss_scale_fn
+
+    device = torch.device("cpu")
+    assert loss_scale_fn(torch.amp.GradScaler("cpu", enabled=False), device) is None
+    scaler = torch.amp.GradScaler("cpu", init_scale=2.0**10, growth_interval=1)
+    scale = loss_scale_fn(scaler, device)
+    w = torch.nn.Parameter(torch.tensor([1.5, -2.0]))
+    opt = torch.optim.SGD([w], lr=0.1)
+    for _ in range(2):
+        loss = (w**2).sum()
+        scaled = scaler.scale(loss)
+        assert torch.is_tensor(scale()) and torch.equal(scaled, loss * scale())
+        assert float(scale()) == scaler.get_scale()
+        scaled.backward()
+        scaler.step(opt)
+        scaler.update()
+    assert float(scale()) == scaler.get_scale() == 2.0**12  # grew after each finite step
 
 
 def categories():
@@ -138,7 +161,7 @@ def attributes(every=1):
 def run_hook(path, every, batches, iterations_per_epoch=4):
     """Drive the recorder as the training loop does, without a model."""
     writer = GradientLogWriter(path, attributes(every), categories())
-    recorder = PositiveGradientRecorder(C, writer=writer, every=every)
+    recorder = GradientRecorderHook(C, writer=writer, every=every)
     trainer = SimpleNamespace(iteration=0, epoch=0, epoch_iteration=0, is_last_iteration=False)
     recorder.trainer = trainer
     loss = build_loss("gumbel", C)
@@ -249,7 +272,7 @@ def test_a_writer_killed_with_sigkill_leaves_a_readable_file(tmp_path):
 
 def _ddp_worker(rank, world, init_file, batches, out):
     dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
-    recorder = PositiveGradientRecorder(C, reduce_fn=lambda t: (dist.all_reduce(t), t)[1])
+    recorder = GradientRecorderHook(C, reduce_fn=lambda t: (dist.all_reduce(t), t)[1])
     loss = build_loss("gumbel", C)
     for logits, labels in batches[rank::world]:
         x = logits.clone().requires_grad_()
@@ -263,7 +286,7 @@ def _ddp_worker(rank, world, init_file, batches, out):
 
 def test_two_gloo_processes_record_the_totals_of_one(tmp_path):
     batches = [batch(20 + k) for k in range(6)]
-    single = PositiveGradientRecorder(C)
+    single = GradientRecorderHook(C)
     loss = build_loss("gumbel", C)
     for logits, labels in batches:
         x = logits.clone().requires_grad_()
@@ -276,9 +299,9 @@ def test_two_gloo_processes_record_the_totals_of_one(tmp_path):
 
 def test_recorder_rejects_bad_arguments():
     with pytest.raises(ValueError, match="every"):
-        PositiveGradientRecorder(C, every=0)
+        GradientRecorderHook(C, every=0)
     with pytest.raises(RuntimeError, match="nothing recorded"):
-        PositiveGradientRecorder(C).pop()
+        GradientRecorderHook(C).pop()
     assert math.isnan(
         log_attributes(loss="softmax", activation="softmax", num_classes=2)["temperature"]
     )
@@ -288,7 +311,7 @@ def test_standalone_recorder_writes_rows_any_classifier_can_use(tmp_path):
     # The public API: a context manager with the log's path and categories, watch() and step();
     # the rows are the analytic per-proposal gradients summed over their steps.
     from gumbel_analysis.analysis.gradients import read_grad_log
-    from gumbel_analysis.hooks import GradientRecorder
+    from gumbel_analysis.hooks.gradient_recorder import GradientRecorder
 
     loss = build_loss("gumbel", C)
     layer = torch.nn.Linear(C + 1, loss.num_outputs, dtype=torch.float64)

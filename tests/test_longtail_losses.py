@@ -356,7 +356,7 @@ def test_statistics_over_two_gloo_ranks_equal_one_process(name, activation, tmp_
 
 @pytest.mark.parametrize(("name", "activation"), [("acsl", "gumbel"), ("eqlv2", "sigmoid")])
 def test_recorder_counts_dropped_and_reweighted_negatives(name, activation):
-    from gumbel_analysis.hooks import PositiveGradientRecorder
+    from gumbel_analysis.hooks.gradient_recorder import GradientRecorderHook
 
     logits, labels = batch(seed=12)
     loss = build_loss(name, C, FREQ, GROUPS, activation=activation)
@@ -364,7 +364,7 @@ def test_recorder_counts_dropped_and_reweighted_negatives(name, activation):
         loss.pos_grad.copy_(torch.linspace(0.1, 3.0, C, dtype=torch.float64))
         loss.neg_grad.fill_(1.0)
         loss.updates.fill_(1)
-    recorder = PositiveGradientRecorder(C, weights_fn=lambda: loss.last_weights)
+    recorder = GradientRecorderHook(C, weights_fn=lambda: loss.last_weights)
     x = logits.clone().requires_grad_()
     recorder.watch(x, labels)
     loss(x, labels).backward()

@@ -193,13 +193,13 @@ def test_classifier_initialised_as_the_loss_prescribes(name):
 def test_class_logits_callback_sees_the_loss_inputs():
     loss = make_loss("gumbel")
     model = build_model("tiny", C, loss)
-    assert isinstance(model.roi_heads, LossRoIHeads) and model.roi_heads.on_class_logits is None
+    assert isinstance(model.roi_heads, LossRoIHeads) and not model.roi_heads.class_logits_hooks
     seen = {}
 
     def record(logits, labels):
         seen["logits"], seen["labels"] = logits, labels
 
-    model.roi_heads.on_class_logits = record
+    model.roi_heads.register_class_logits_hook(record)
     images, targets = make_batch()
     losses = model(images, targets)
     logits, labels = seen["logits"], seen["labels"]

@@ -9,10 +9,10 @@ import torch
 
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.engine import checkpoint as ckpt
-from gumbel_analysis.engine.config import TrainConfig
 from gumbel_analysis.engine.train import train
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.hooks import HookBase
+from gumbel_analysis.spec.config import TrainConfig
 
 SPEC = SyntheticSpec(classes=6, train_images=24, val_images=6, size=64, seed=1)
 

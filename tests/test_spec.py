@@ -66,8 +66,17 @@ def test_a_loss_is_added_through_the_catalogue_alone(throwaway_loss, tmp_path):
     cfg = resolve(TrainConfig(loss="scaled-bce"))
     assert cfg.activation == "sigmoid" and cfg.loss_options == {"scale": 2.0}
 
-    from gumbel_analysis.cli.app import app  # the command is built from the catalogue
+    # `gumbel train` is built from the catalogue when its module is imported: build it anew.
+    import importlib
 
+    import typer
+
+    from gumbel_analysis.cli import train as train_module
+    from gumbel_analysis.cli.common import OneLineUsageErrors
+
+    app = typer.Typer(cls=OneLineUsageErrors, add_completion=False)
+    app.command("train")(importlib.reload(train_module).train)
+    app.command("other")(lambda: None)  # two commands: `train` stays a subcommand
     runner = CliRunner()
     help_text = runner.invoke(app, ["train", "--help"], terminal_width=200).output
     assert "--scale" in help_text and "scaled-bce" in help_text

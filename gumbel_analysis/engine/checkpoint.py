@@ -14,6 +14,7 @@ import torch
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.io import atomic_path
+from gumbel_analysis.spec.config import TrainConfig
 
 FORMAT = "gumbel-analysis-checkpoint"
 VERSION = 1
@@ -65,8 +66,6 @@ def load_checkpoint(path: str | os.PathLike, check: bool = True) -> dict[str, An
 def check_state(state: dict[str, Any], path: str | os.PathLike) -> None:
     """Refuse a checkpoint whose weights are not finite (a diverged run's) or whose config is
     invalid (an unknown loss, a value out of range), naming the checkpoint and what is wrong."""
-    from gumbel_analysis.engine.config import TrainConfig
-
     model = state.get("model")
     if isinstance(model, dict):
         bad = [

@@ -15,6 +15,7 @@ from gumbel_analysis.experiments.measure import Figure, ItemContext, Measurement
 from gumbel_analysis.experiments.tabular import Table, table
 from gumbel_analysis.groups import FREQUENCY_GROUPS, GROUP_LABELS
 from gumbel_analysis.paper import PAPER_CLIP, PAPER_GRADIENT_GAIN_DB, PAPER_SIGMAS
+from gumbel_analysis.spec.layout import RunLayout
 
 #: The groups of Fig. 2's values: all categories, then rare, common, frequent.
 GRADIENT_GROUPS = ("all", *FREQUENCY_GROUPS)
@@ -128,7 +129,7 @@ def measure_kl(ctx: ItemContext) -> Measurement:
     gt = ctx.data / "annotations" / ANNOTATION_FILES["val"]
     first = None
     for runs in ctx.measured.paired_seeds(names, item.schedule):
-        results = [r.path / "results.json" for r in runs]
+        results = [RunLayout(r.path).results for r in runs]
         comparison = compare_runs(gt, results, [c.label for c in item.configs])
         for name, entry in zip(names, comparison.to_dict()["runs"], strict=True):
             if math.isfinite(entry["kl_mean"]):

@@ -120,8 +120,6 @@ def plan_reproduce(
     checkpoint_every). Raises InputError before any training, on a bad value or a folder of
     ``OUT/runs`` holding another configuration.
     """
-    from gumbel_analysis.engine.setup import check_loss_config
-
     if seeds < 1:
         raise InputError(f"--seeds must be at least 1, got {seeds}")
     if seed < 0:
@@ -147,7 +145,7 @@ def plan_reproduce(
                 values["score_threshold"] = material.QUICK_SCORE_THRESHOLD
             for s in seed_list:
                 path = run_path(out, config, item.schedule, quick, s)
-                planned = plan_run(path, values, check_loss_config, seed=s, temperature=None)
+                planned = plan_run(path, values, seed=s, temperature=None)
                 runs.append(Planned(config, item.schedule, epochs, planned))
     return Plan(out, selected, seed_list, quick, runs)
 

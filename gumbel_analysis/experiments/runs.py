@@ -34,6 +34,7 @@ MACHINE_FIELDS = frozenset(
 #: whether metrics.json was written at the end.
 IGNORED_FIELDS = MACHINE_FIELDS | {"seed", "evaluate"}
 
+
 # --- where a config keeps its loss's activation and temperature ----------------------------------
 # The one place that knows it: configs hold ``temperature`` in ``loss_options`` beside an
 # ``activation`` field; those written before held it at the top level, without an activation.

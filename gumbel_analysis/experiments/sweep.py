@@ -10,7 +10,6 @@ sweep continues where it stopped, and more temperatures or seeds can be added la
 
 from __future__ import annotations
 
-import math
 import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -31,6 +30,7 @@ from gumbel_analysis.experiments.plan import (  # noqa: F401 - the sweep's vocab
 from gumbel_analysis.experiments.plan import run_plan as run_sweep  # noqa: F401
 from gumbel_analysis.experiments.runs import FAILED, is_run_folder, read_run
 from gumbel_analysis.experiments.table import ResultTable, build_table
+from gumbel_analysis.spec.losses import GUMBEL_OPTIONS
 
 FIGURE_NAME = "figure_1ii.png"
 
@@ -62,13 +62,17 @@ class SweepResult:
         }
 
 
+#: The Gumbel temperature sigma (Eq. 3) as the loss catalogue declares it.
+TEMPERATURE = next(o for o in GUMBEL_OPTIONS if o.name == "temperature")
+
+
 def check_temperatures(temperatures: Sequence[float]) -> list[float]:
+    """Each sigma checked by the Gumbel activation's declared ``--temperature`` option, once."""
     if not temperatures:
         raise InputError("--temperature needs at least one value")
     seen: list[float] = []
     for t in temperatures:
-        if not (math.isfinite(t) and t > 0):
-            raise InputError(f"--temperature must be positive and finite, got {t}")
+        t = TEMPERATURE.check(t)
         if any(run_name(t, 0) == run_name(s, 0) for s in seen):
             raise InputError(f"--temperature {t:g} is given twice")
         seen.append(float(t))
@@ -106,12 +110,10 @@ def plan_sweep(
 
 
 def _loss_checker() -> Callable[[Any], Any]:
-    """The engine's check of a config's loss, activation and options, plus: the activation must
-    be Gumbel (the only one with a temperature)."""
-    from gumbel_analysis.engine.setup import check_loss_config
+    """A sweep's check of a resolved config: the activation must be Gumbel (the only one with a
+    temperature)."""
 
     def check(cfg: Any) -> Any:
-        cfg = check_loss_config(cfg)
         if cfg.activation != "gumbel":
             raise InputError(
                 f"--loss {cfg.loss} with the {cfg.activation} activation has no temperature; "

@@ -6,7 +6,6 @@ downloaded. Backbone or model weights come from a local file (``--weights PATH``
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -23,96 +22,12 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses.base import ClassificationLoss
 from gumbel_analysis.model.heads import BoxPredictor, CosineConv1x1, LossRoIHeads
+from gumbel_analysis.spec.presets import BASIC_BLOCK_DEPTHS, PRESETS, Preset
 
 #: Test NMS IoU of torchvision / the paper's baseline, and of the paper's enhancements.
 NMS_IOU = 0.5
 ENH_NMS_IOU = 0.3
 _BACKBONE_LAYERS = ("layer4", "layer3", "layer2", "layer1", "conv1")
-#: Blocks per stage of the ResNets made of BasicBlocks (resnet10 is not in torchvision).
-BASIC_BLOCK_DEPTHS = {"resnet10": (1, 1, 1, 1), "resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
-
-
-@dataclass(frozen=True)
-class Preset:
-    """Architecture and sampling sizes of a Mask R-CNN + FPN.
-
-    ``backbone`` names a torchvision ResNet constructor. ``returned_layers`` are the ResNet stages
-    (1-4) fed to the FPN, which adds a max-pooled level on top; ``anchor_sizes`` has one size per
-    FPN level (stages + pool). RPN top-n values are per FPN level before NMS and per image after,
-    as in torchvision. ``trainable_backbone_layers`` (0-5, from layer4 down) applies when
-    backbone weights are loaded; the backbone then uses frozen BatchNorm. From scratch, every
-    layer trains and BatchNorm is a regular one (torchvision's rule).
-    """
-
-    name: str
-    backbone: str
-    #: Channels of the ResNet stem and first stage (doubled per stage); 64 is torchvision's.
-    #: Other widths build the same BasicBlock network, thinner (resnet10/18/34 only).
-    backbone_width: int = 64
-    fpn_channels: int = 256
-    returned_layers: tuple[int, ...] = (1, 2, 3, 4)
-    anchor_sizes: tuple[int, ...] = (32, 64, 128, 256, 512)
-    min_size: int = 800
-    max_size: int = 1333
-    rpn_pre_nms_top_n_train: int = 2000
-    rpn_post_nms_top_n_train: int = 2000
-    rpn_pre_nms_top_n_test: int = 1000
-    rpn_post_nms_top_n_test: int = 1000
-    rpn_batch_size_per_image: int = 256
-    box_batch_size_per_image: int = 512
-    box_representation_size: int = 1024
-    mask_head_channels: tuple[int, ...] = (256, 256, 256, 256)
-    #: RoIAlign size of the mask branch; masks are twice as large.
-    mask_roi_size: int = 14
-    #: RoIAlign samples per bin and axis (torchvision: 2). RoIAlign's backward on the CPU is
-    #: single-threaded and costs in proportion to its square.
-    roi_sampling_ratio: int = 2
-    trainable_backbone_layers: int = 3
-
-    def __post_init__(self) -> None:
-        if len(self.anchor_sizes) != len(self.returned_layers) + 1:
-            raise ValueError("anchor_sizes needs one size per returned layer plus the pool level")
-        if not set(self.returned_layers) <= {1, 2, 3, 4}:
-            raise ValueError(f"returned_layers must lie in 1..4, got {self.returned_layers}")
-        if self.backbone_width != 64 and self.backbone not in BASIC_BLOCK_DEPTHS:
-            raise ValueError(f"backbone_width applies to {', '.join(BASIC_BLOCK_DEPTHS)} only")
-        if not 0 <= self.trainable_backbone_layers <= 5:
-            raise ValueError("trainable_backbone_layers must lie in 0..5")
-
-    @property
-    def featmap_names(self) -> list[str]:
-        """Names of the FPN levels the RoI heads pool from (the pool level is excluded)."""
-        return [str(i) for i in range(len(self.returned_layers))]
-
-
-PRESETS: dict[str, Preset] = {
-    # The CPU preset: a ResNet-18 at half width (4 M parameters in all), a 64-channel FPN, thin
-    # heads, 128 px images, few proposals: about 0.22 s per 4-image SGD step on one CPU core.
-    "tiny": Preset(
-        name="tiny",
-        backbone="resnet18",
-        backbone_width=32,
-        fpn_channels=64,
-        returned_layers=(1, 2, 3, 4),
-        anchor_sizes=(8, 16, 32, 64, 128),
-        min_size=128,
-        max_size=128,
-        rpn_pre_nms_top_n_train=300,
-        rpn_post_nms_top_n_train=200,
-        rpn_pre_nms_top_n_test=150,
-        rpn_post_nms_top_n_test=100,
-        rpn_batch_size_per_image=128,
-        box_batch_size_per_image=128,
-        box_representation_size=256,
-        mask_head_channels=(64, 64),
-        mask_roi_size=14,
-        roi_sampling_ratio=1,
-        trainable_backbone_layers=5,
-    ),
-    # The paper's: shorter side 800, longer at most 1333, 512 RoIs per image.
-    "r50-fpn": Preset(name="r50-fpn", backbone="resnet50"),
-    "r101-fpn": Preset(name="r101-fpn", backbone="resnet101"),
-}
 
 
 def get_preset(preset: str | Preset) -> Preset:

@@ -15,11 +15,13 @@ by the loss's class index.
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.hooks import RemovableHandle
 from torchvision.models.detection.roi_heads import (
     RoIHeads,
     maskrcnn_inference,
@@ -34,7 +36,8 @@ MASK_COSINE_TEMPERATURE = 20.0
 #: torchvision's box-regression loss: smooth L1 with this beta.
 BOX_SMOOTH_L1_BETA = 1.0 / 9.0
 
-ClassLogitsCallback = Callable[[torch.Tensor, torch.Tensor], None]
+#: ``hook(class_logits, loss_labels)``, called in training right after the box classifier.
+ClassLogitsHook = Callable[[torch.Tensor, torch.Tensor], None]
 
 
 def to_loss_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -111,18 +114,34 @@ class LossRoIHeads(RoIHeads):
     """``RoIHeads`` whose classifier is trained with ``classification_loss`` and scored with its
     activation. Takes RoIHeads' keyword arguments plus the loss.
 
-    ``on_class_logits`` (default None) is called in training as ``f(logits, loss_labels)`` right
-    after the classifier, so a gradient recorder can hook the logits tensor.
+    :meth:`register_class_logits_hook` declares where a caller can observe the classifier: in
+    training, each hook is called as ``hook(logits, loss_labels)`` right after the classifier
+    (so a gradient recorder can hook the logits tensor). The heads know nothing of what for.
     """
 
     def __init__(self, classification_loss: ClassificationLoss, **roi_heads_kwargs):
         super().__init__(**roi_heads_kwargs)
         self.classification_loss = classification_loss
-        self.on_class_logits: ClassLogitsCallback | None = None
+        self._class_logits_hooks: OrderedDict[int, ClassLogitsHook] = OrderedDict()
 
     @property
     def num_classes(self) -> int:
         return self.classification_loss.num_classes
+
+    @property
+    def class_logits_hooks(self) -> tuple[ClassLogitsHook, ...]:
+        """The registered class-logits hooks, in the order they are called."""
+        return tuple(self._class_logits_hooks.values())
+
+    def register_class_logits_hook(self, hook: ClassLogitsHook) -> RemovableHandle:
+        """Call ``hook(class_logits, loss_labels)`` at every training forward, right after the
+        box classifier (logits [N, loss.num_outputs], labels [N] in 0..C, C = background).
+
+        Returns a handle whose ``remove()`` unregisters it, as ``nn.Module.register_forward_hook``.
+        """
+        handle = RemovableHandle(self._class_logits_hooks)
+        self._class_logits_hooks[handle.id] = hook
+        return handle
 
     def forward(
         self,
@@ -154,8 +173,8 @@ class LossRoIHeads(RoIHeads):
             return result, {}
 
         loss_labels = to_loss_labels(torch.cat(labels), self.num_classes)
-        if self.on_class_logits is not None:
-            self.on_class_logits(class_logits, loss_labels)
+        for hook in self._class_logits_hooks.values():
+            hook(class_logits, loss_labels)
         losses = {
             "loss_classifier": self.classification_loss(class_logits, loss_labels),
             "loss_box_reg": box_regression_loss(
