@@ -18,10 +18,10 @@ import torch
 from _training import interleaved, model_for, synthetic_batches, timed_step
 from rich.console import Console
 
-from gumbel_analysis.engine.setup import RunPaths
 from gumbel_analysis.engine.train import build_grad_log_writer
 from gumbel_analysis.hooks.gradient_recorder import GradientRecorderHook
 from gumbel_analysis.spec.config import TrainConfig
+from gumbel_analysis.spec.layout import RunLayout
 
 
 def main() -> None:
@@ -44,7 +44,7 @@ def main() -> None:
         loss.num_classes, every=args.every, weights_fn=lambda: getattr(loss, "last_weights", None)
     )
     recorder.writer = build_grad_log_writer(
-        RunPaths(tmp), TrainConfig(loss=args.loss), loss, dataset, None
+        RunLayout(tmp), TrainConfig(loss=args.loss), loss, dataset, None
     )
     recorder.trainer = SimpleNamespace(iteration=0, epoch=0, epoch_iteration=1)
     on_model.roi_heads.register_class_logits_hook(recorder.watch)

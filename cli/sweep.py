@@ -101,8 +101,9 @@ def sweep(
     from gumbel_analysis.experiments import sweep as lib
     from gumbel_analysis.experiments.table import to_rich
 
-    given = given_fields(locals())
-    check_fields(**{k: v for k, v in given.items() if k not in ("out", "seed")})
+    # The run options every run of the sweep shares (out and seed are each run's own).
+    base = {k: v for k, v in given_fields(locals()).items() if k not in ("out", "seed")}
+    check_fields(**base)
     loss_entry(loss)  # one line naming --loss if the catalogue has no such loss
     temperatures = list(temperature) if temperature else list(PAPER_SIGMAS)
     if data is not None:
@@ -117,7 +118,6 @@ def sweep(
     if figure.exists() and figure.is_dir():
         fail(f"--plot {figure} is a folder")
 
-    base = {k: v for k, v in given.items() if k not in ("out", "seed")}
     if data is not None:
         base["data"] = str(data.resolve())
     plan = lib.plan_sweep(base, temperatures, seeds, seed, out)

@@ -22,3 +22,12 @@ def common_frequent_border(class_frequency, groups, what: str = "the border") ->
     if lo >= hi:
         raise ValueError(f"cannot derive {what}: the frequency groups overlap")
     return (lo + hi) / 2
+
+
+def lambda_from_groups(class_frequency, groups: list[str]) -> float:
+    """lambda midway between the most frequent rare/common class and the least frequent frequent
+    class (for LVIS v1: ``100.5 / 100170``, ``LVIS_V1_LAMBDA``)."""
+    try:
+        return common_frequent_border(class_frequency, groups, "lambda")
+    except ValueError as err:
+        raise ValueError(f"{err}; pass --lambda") from None

@@ -20,12 +20,9 @@ import h5py
 import numpy as np
 
 from gumbel_analysis.io import atomic_path
-from gumbel_analysis.spec.layout import GRADS
 
 SCHEMA = "gumbel-analysis/grad-log"
 SCHEMA_VERSION = 1
-#: The log's file name in a run folder (named in ``spec/layout.py``).
-LOG_NAME = GRADS
 #: The per-category quantities, in the order of the recorder's [4, C] sums.
 QUANTITIES = ("positive_sum", "positive_count", "negative_sum", "negative_count")
 #: The per-row indices; written after the quantities, so a row with an iteration is complete.

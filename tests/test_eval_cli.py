@@ -14,8 +14,8 @@ from lvis_problems import make_problem
 from typer.testing import CliRunner
 
 from gumbel_analysis.cli.app import app
-from gumbel_analysis.engine.setup import RunPaths
 from gumbel_analysis.evaluation.metrics import evaluate_results
+from gumbel_analysis.spec.layout import RunLayout
 
 runner = CliRunner()
 pytestmark = [
@@ -136,7 +136,7 @@ def test_evaluating_a_json_file_does_not_import_torch(problem, tmp_path):
 def test_other_data_never_replaces_the_runs_own_files(tmp_path):
     from gumbel_analysis.engine.inference import output_paths
 
-    run = RunPaths(tmp_path / "run")
+    run = RunLayout(tmp_path / "run")
     own = output_paths(run, "data/lvis", None, None)
     assert own.results == run.results and own.metrics == run.metrics
     assert output_paths(run, "data/lvis", "data/lvis/", None) == own

@@ -17,9 +17,10 @@ from gumbel_analysis.data.dataset import LVISDetection
 from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine import inference
-from gumbel_analysis.engine.setup import RunPaths, data_paths, make_loss
+from gumbel_analysis.engine.setup import data_paths, make_loss
 from gumbel_analysis.model import build_model
 from gumbel_analysis.spec.config import TrainConfig, resolve
+from gumbel_analysis.spec.layout import RunLayout
 
 runner = CliRunner()
 SPEC = SyntheticSpec(classes=5, train_images=20, val_images=5, size=64, seed=3)
@@ -45,7 +46,7 @@ def run_dir(data_dir, tmp_path_factory):
     model, cfg = _model_and_config(data_dir)
     run = tmp_path_factory.mktemp("run")
     ckpt.save_checkpoint(
-        RunPaths(run).final, {"model": model.state_dict(), "config": cfg.to_dict()}
+        RunLayout(run).final, {"model": model.state_dict(), "config": cfg.to_dict()}
     )
     return run
 
@@ -85,7 +86,7 @@ def test_prediction_does_not_decode_ground_truth_masks(data_dir, val_set, tmp_pa
         val_set[0]  # a training sample does decode its masks: the patch is in force
     calls.clear()
     model, cfg = _model_and_config(data_dir)
-    metrics = inference.evaluate_run(model, val_set, torch.device("cpu"), RunPaths(tmp_path), cfg)
+    metrics = inference.evaluate_run(model, val_set, torch.device("cpu"), RunLayout(tmp_path), cfg)
     assert calls == []
     results = json.loads((tmp_path / "results.json").read_text())
     assert len(results) == metrics["num_detections"] > 0

@@ -43,11 +43,11 @@ from gumbel_analysis.groups import FREQUENCY_GROUPS, GROUP_NAMES
 from gumbel_analysis.hooks.grad_log import (
     CATEGORY_FIELDS,
     INDEX_DATASETS,
-    LOG_NAME,
     SCHEMA,
     SCHEMA_VERSION,
 )
 from gumbel_analysis.hooks.grad_log import QUANTITIES as ROW_DATASETS
+from gumbel_analysis.spec.layout import GRADS
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -157,10 +157,10 @@ def resolve_log_path(path: str | os.PathLike) -> Path:
     """A run folder means its ``grads.h5``; anything else must be a file."""
     path = Path(path)
     if path.is_dir():
-        log = path / LOG_NAME
+        log = path / GRADS
         if not log.is_file():
             raise InputError(
-                f"run folder {path} has no gradient log {LOG_NAME} "
+                f"run folder {path} has no gradient log {GRADS} "
                 "(trained with --no-grad-log, or before gradient logs existed)"
             )
         return log
@@ -532,7 +532,7 @@ def _alignment(ids: np.ndarray, target_ids: np.ndarray) -> np.ndarray:
 def run_name_of_log(source: Path) -> str:
     """The run folder's name for ``RUN/grads.h5``, else the file's stem."""
     source = Path(source)
-    if source.name == LOG_NAME:
+    if source.name == GRADS:
         return source.resolve().parent.name
     return source.stem
 

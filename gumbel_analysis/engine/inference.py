@@ -33,13 +33,9 @@ from gumbel_analysis.engine.setup import data_paths, make_loss, pick_device
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.io import atomic_path, check_writable_folder, write_text_atomic
 from gumbel_analysis.model import build_model
-from gumbel_analysis.spec.config import TrainConfig, check_fields
+from gumbel_analysis.spec.config import TrainConfig, check_fields, recipe_values
 from gumbel_analysis.spec.layout import RunLayout
-from gumbel_analysis.spec.presets import PRESETS, Recipe
-
-#: LVIS's test-time settings (detectron2's LVIS configs), the defaults where a config has none.
-DEFAULT_SCORE_THRESHOLD = Recipe.score_threshold
-DEFAULT_MAX_DETS = Recipe.max_dets
+from gumbel_analysis.spec.presets import Recipe
 
 
 class _Images(Dataset):
@@ -227,8 +223,8 @@ def predict_and_evaluate(
     *,
     batch_size: int,
     workers: int = 0,
-    score_threshold: float = DEFAULT_SCORE_THRESHOLD,
-    max_dets: int = DEFAULT_MAX_DETS,
+    score_threshold: float = Recipe.score_threshold,
+    max_dets: int = Recipe.max_dets,
     dist: DistInfo | None = None,
     progress: bool = True,
     **evaluate_options: Any,
@@ -239,9 +235,9 @@ def predict_and_evaluate(
     ``evaluate_options`` go to :func:`evaluate_results` (``iou_types``, ``evaluator``); it keeps
     ``max_dets`` per image, as the model does."""
     dist = dist or DistInfo()
-    check_fields(score_threshold=score_threshold, max_dets=max_dets, workers=workers)
-    if batch_size < 1:
-        raise InputError(f"--batch-size must be at least 1, got {batch_size}")
+    check_fields(
+        batch_size=batch_size, score_threshold=score_threshold, max_dets=max_dets, workers=workers
+    )
     results = Path(results)
     _same_model_everywhere(model, dist)
     batches = shard_batches(len(dataset), batch_size, dist.world_size, dist.rank)
@@ -315,11 +311,7 @@ def evaluate_run(
 def prediction_settings(cfg: TrainConfig) -> dict[str, Any]:
     """``workers``, ``score_threshold`` and ``max_dets`` of ``cfg``; the preset's (else LVIS's)
     where it has none (a run made before they were recorded)."""
-    recipe = PRESETS[cfg.preset].recipe
-    return {
-        name: getattr(recipe, name) if getattr(cfg, name) is None else getattr(cfg, name)
-        for name in ("workers", "score_threshold", "max_dets")
-    }
+    return recipe_values(cfg, ("workers", "score_threshold", "max_dets"))
 
 
 @dataclass(frozen=True)

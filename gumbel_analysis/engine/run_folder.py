@@ -3,7 +3,6 @@ and the clean-up after a fresh run that failed before its first checkpoint."""
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import tempfile
@@ -12,10 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from gumbel_analysis.engine import checkpoint as ckpt
-from gumbel_analysis.engine.setup import RunPaths
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.spec.config import SAFE_ON_RESUME, TrainConfig, option_name
-from gumbel_analysis.spec.options import flag_of
+from gumbel_analysis.spec.config import TrainConfig, resume_values
+from gumbel_analysis.spec.layout import RunLayout
 
 
 def _is_stale_temp(path: Path) -> bool:
@@ -53,7 +51,7 @@ def _check_writable(root: Path) -> None:
     os.unlink(probe)
 
 
-def check_run_folder(run: RunPaths, resume: bool) -> None:
+def check_run_folder(run: RunLayout, resume: bool) -> None:
     """The run folder is writable and, for a fresh run, holds nothing but stale temp files."""
     _check_writable(run.root)
     if resume:
@@ -62,15 +60,7 @@ def check_run_folder(run: RunPaths, resume: bool) -> None:
         raise InputError(f"run folder {run.root} is not empty; use --resume or another --out")
 
 
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, list | tuple) and isinstance(b, list | tuple):
-        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
-    if isinstance(a, int | float) and isinstance(b, int | float) and not isinstance(a, bool):
-        return float(a) == float(b)
-    return a == b
-
-
-def _saved_config(run: RunPaths) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
+def _saved_config(run: RunLayout) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
     """The saved config's values, the checkpoint (None before the first one) and the file read."""
     if run.last.exists():
         saved = ckpt.load_checkpoint(run.last)
@@ -88,58 +78,28 @@ def _saved_config(run: RunPaths) -> tuple[dict[str, Any] | None, dict[str, Any] 
     )
 
 
-def _compare_given(base: TrainConfig, given: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """The given options to apply (safe on resume) and those refused, as the user spelled them."""
-    changes, refused = {}, []
-    for key, value in given.items():
-        if key == "out" or value is None:
-            continue
-        if key == "loss_options":  # each given option against the saved (resolved) one
-            for name, option in value.items():
-                saved_option = base.loss_options.get(name)
-                if not _same(option, saved_option):
-                    refused.append(f"{flag_of(name)} {option} (saved: {saved_option})")
-            continue
-        old = getattr(base, key)
-        if _same(value, old):
-            continue
-        if key in SAFE_ON_RESUME:
-            changes[key] = value
-        else:
-            refused.append(f"{option_name(key)} {value} (saved: {old})")
-    return changes, refused
-
-
 def resume_config(
-    run: RunPaths, cfg: TrainConfig, given: Mapping[str, Any] | None
+    run: RunLayout, cfg: TrainConfig, given: Mapping[str, Any] | None
 ) -> tuple[TrainConfig, dict[str, Any] | None]:
     """The configuration a resumed run continues with, and its checkpoint (None: start from
     iteration 0 with the saved config, when the run was stopped before its first checkpoint).
 
-    ``given``: the options the user set for this call. Those in :data:`SAFE_ON_RESUME` are
+    ``given``: the options the user set for this call. Those in ``spec.config.SAFE_ON_RESUME`` are
     applied; any other that differs from the saved config is refused, all listed in one line.
     ``given=None`` (a library call) keeps the saved config but for ``out``.
     """
     if not run.root.is_dir():
         raise InputError(f"nothing to resume: run folder {run.root} does not exist")
     values, saved, source = _saved_config(run)
-    base = TrainConfig.from_dict({**(values or {}), "out": cfg.out}, source=source)
-    changes, refused = _compare_given(base, given or {})
-    if refused:
-        raise InputError(
-            f"--resume continues {run.root} with its saved options; these differ: "
-            f"{'; '.join(refused)}. Drop them, or start a new run with another --out "
-            f"(--resume may change {', '.join(option_name(k) for k in SAFE_ON_RESUME)})"
-        )
-    return dataclasses.replace(base, **changes), saved
+    return resume_values(values or {}, given, run.root, cfg.out, source), saved
 
 
-def created_files(run: RunPaths) -> list[Path]:
+def created_files(run: RunLayout) -> list[Path]:
     """The files a run writes before its first checkpoint."""
     return [run.config, run.metrics_log, run.grads, run.last]
 
 
-def remove_partial_run(run: RunPaths, made_root: bool) -> None:
+def remove_partial_run(run: RunLayout, made_root: bool) -> None:
     """Remove what a fresh run wrote before its first checkpoint, and the folder if it made it
     and it is now empty."""
     for path in created_files(run):

@@ -13,7 +13,6 @@ from gumbel_analysis.data.synthetic import SyntheticSpec, default_cache_root, en
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses import ClassificationLoss, build_loss
 from gumbel_analysis.spec.config import TrainConfig
-from gumbel_analysis.spec.layout import RunLayout
 
 
 @dataclass(frozen=True)
@@ -21,10 +20,6 @@ class DataPaths:
     train_ann: Path
     val_ann: Path
     image_root: Path
-
-
-#: The files of a run folder (``gumbel_analysis.spec.layout``).
-RunPaths = RunLayout
 
 
 def data_paths(data: str | None) -> DataPaths:

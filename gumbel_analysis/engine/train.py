@@ -38,7 +38,6 @@ from gumbel_analysis.engine.run_folder import (
     resume_config,
 )
 from gumbel_analysis.engine.setup import (
-    RunPaths,
     data_paths,
     make_loss,
     pick_device,
@@ -54,6 +53,7 @@ from gumbel_analysis.io import write_text_atomic
 from gumbel_analysis.losses import ClassificationLoss
 from gumbel_analysis.model import build_model
 from gumbel_analysis.spec.config import DataStats, TrainConfig, resolve
+from gumbel_analysis.spec.layout import RunLayout
 from gumbel_analysis.spec.losses import loss_entry
 
 __all__ = ["Trainer", "build_grad_log_writer", "train"]
@@ -83,7 +83,7 @@ def train(
     :func:`~gumbel_analysis.engine.run_folder.resume_config`. A fresh run that fails before its
     first checkpoint removes what it wrote, so a plain rerun is accepted.
     """
-    run = RunPaths(Path(cfg.out))
+    run = RunLayout(Path(cfg.out))
     device = pick_device(cfg.device)
     dist = init_distributed(device.type)
     undo = _Cleanup()
@@ -120,7 +120,7 @@ def train(
 
 
 def open_run(
-    run: RunPaths,
+    run: RunLayout,
     cfg: TrainConfig,
     dist: DistInfo,
     device: torch.device,
@@ -183,7 +183,7 @@ def build_training_model(
     return model, ddp_model
 
 
-def make_run_folder(run: RunPaths, dist: DistInfo) -> bool:
+def make_run_folder(run: RunLayout, dist: DistInfo) -> bool:
     """Make the run folder (rank 0); True if this call made it."""
     if not dist.is_main:
         return False
@@ -194,7 +194,7 @@ def make_run_folder(run: RunPaths, dist: DistInfo) -> bool:
 
 def build_hooks(
     cfg: TrainConfig,
-    run: RunPaths,
+    run: RunLayout,
     dist: DistInfo,
     model: torch.nn.Module,
     loss: ClassificationLoss,
@@ -225,7 +225,7 @@ def build_hooks(
 
 def build_gradient_recorder(
     cfg: TrainConfig,
-    run: RunPaths,
+    run: RunLayout,
     dist: DistInfo,
     model: torch.nn.Module,
     loss: ClassificationLoss,
@@ -253,7 +253,7 @@ def build_gradient_recorder(
 
 
 def build_grad_log_writer(
-    run: RunPaths,
+    run: RunLayout,
     cfg: TrainConfig,
     loss: ClassificationLoss,
     train_set: LVISDetection,
@@ -280,7 +280,7 @@ def finish(
     model: torch.nn.Module,
     val_set: LVISDetection,
     device: torch.device,
-    run: RunPaths,
+    run: RunLayout,
     dist: DistInfo,
     progress: bool,
 ) -> dict[str, Any] | None:
@@ -298,7 +298,7 @@ class _AnnounceLR(HookBase):
     """Print the learning rate after linear scaling once the first step ran (a run refused
     before it prints only its one error line)."""
 
-    def __init__(self, console: Console, run: RunPaths):
+    def __init__(self, console: Console, run: RunLayout):
         self.console, self.run, self.done = console, run, False
 
     def after_step(self) -> None:

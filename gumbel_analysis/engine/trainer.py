@@ -21,11 +21,11 @@ from torch.utils.data import DataLoader, Sampler
 from gumbel_analysis.data.dataset import LVISDetection, collate
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.distributed import DistInfo
-from gumbel_analysis.engine.setup import RunPaths
 from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.hooks.base import HookBase, HookList
 from gumbel_analysis.hooks.events import EventStorage
 from gumbel_analysis.spec.config import TrainConfig
+from gumbel_analysis.spec.layout import RunLayout
 
 
 class _EpochSampler(Sampler[tuple[int, int]]):
@@ -91,7 +91,7 @@ class Trainer:
         sampler: Sampler[int],
         device: torch.device,
         dist: DistInfo,
-        run: RunPaths,
+        run: RunLayout,
         hooks: Iterable[HookBase],
         scaler: torch.amp.GradScaler | None = None,
     ):

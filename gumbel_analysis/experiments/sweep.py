@@ -30,7 +30,7 @@ from gumbel_analysis.experiments.plan import (  # noqa: F401 - the sweep's vocab
 from gumbel_analysis.experiments.plan import run_plan as run_sweep  # noqa: F401
 from gumbel_analysis.experiments.runs import FAILED, is_run_folder, read_run
 from gumbel_analysis.experiments.table import ResultTable, build_table
-from gumbel_analysis.spec.losses import GUMBEL_OPTIONS
+from gumbel_analysis.spec.losses import TEMPERATURE_OPTION
 
 FIGURE_NAME = "figure_1ii.png"
 
@@ -62,17 +62,13 @@ class SweepResult:
         }
 
 
-#: The Gumbel temperature sigma (Eq. 3) as the loss catalogue declares it.
-TEMPERATURE = next(o for o in GUMBEL_OPTIONS if o.name == "temperature")
-
-
 def check_temperatures(temperatures: Sequence[float]) -> list[float]:
     """Each sigma checked by the Gumbel activation's declared ``--temperature`` option, once."""
     if not temperatures:
         raise InputError("--temperature needs at least one value")
     seen: list[float] = []
     for t in temperatures:
-        t = TEMPERATURE.check(t)
+        t = TEMPERATURE_OPTION.check(t)
         if any(run_name(t, 0) == run_name(s, 0) for s in seen):
             raise InputError(f"--temperature {t:g} is given twice")
         seen.append(float(t))

@@ -5,6 +5,7 @@ softmax, seesaw and the aliases gumbel, sigmoid, gol and gol-star) are declared 
 catalogue, ``gumbel_analysis.spec.losses``.
 """
 
+from gumbel_analysis.groups import lambda_from_groups
 from gumbel_analysis.losses.base import ClassificationLoss
 from gumbel_analysis.losses.bce import SIGMOID_PRIOR_PROB, WeightedBCE
 from gumbel_analysis.losses.elementwise import EntryWeights
@@ -14,7 +15,6 @@ from gumbel_analysis.losses.methods.droploss import (
     DropLoss,
     drop_weights,
     keep_probabilities,
-    lambda_from_groups,
 )
 from gumbel_analysis.losses.methods.eql import EQL
 from gumbel_analysis.losses.methods.eqlv2 import EQLv2

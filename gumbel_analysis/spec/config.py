@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.groups import common_frequent_border
+from gumbel_analysis.groups import common_frequent_border, lambda_from_groups
 from gumbel_analysis.spec.losses import loss_entry
 from gumbel_analysis.spec.options import Option, flag_of, kind_of
-from gumbel_analysis.spec.presets import PRESETS, SCHEDULES
+from gumbel_analysis.spec.presets import PRESETS, SCHEDULES, Recipe
 
 _SEED_MAX = 2**31 - 1
 #: Where ``--device`` may send a run; the format is checked here, availability by the engine.
@@ -272,6 +272,19 @@ class DataStats:
     frequency_groups: Sequence[str]
 
 
+#: The fields a preset's recipe fills where a run leaves them None (epochs and steps: by the
+#: schedule first).
+_FROM_RECIPE = tuple(
+    f.name for f in dataclasses.fields(Recipe) if f.name not in ("epochs", "lr_steps")
+)
+
+
+def recipe_values(cfg: TrainConfig, names: Sequence[str]) -> dict[str, Any]:
+    """``cfg``'s value of each named field, its preset's recipe's where ``cfg`` has None."""
+    recipe = PRESETS[cfg.preset].recipe
+    return {n: getattr(recipe, n) if getattr(cfg, n) is None else getattr(cfg, n) for n in names}
+
+
 def resolve(
     cfg: TrainConfig,
     world_size: int = 1,
@@ -284,16 +297,8 @@ def resolve(
     lambda and the RFS threshold (the border of its common and frequent groups)."""
     recipe = PRESETS[cfg.preset].recipe
     epochs, steps = SCHEDULES[cfg.schedule] if cfg.schedule else (recipe.epochs, recipe.lr_steps)
-    filled = {
-        name: getattr(recipe, name)
-        for name in ("batch_size", "warmup_iters", "base_lr", "workers", "score_threshold")
-        if getattr(cfg, name) is None
-    }
-    if cfg.max_dets is None:
-        filled["max_dets"] = recipe.max_dets
+    filled = recipe_values(cfg, _FROM_RECIPE)
     activation, options = loss_entry(cfg.loss).resolve(cfg.activation, cfg.loss_options)
-    batch = cfg.batch_size if cfg.batch_size is not None else recipe.batch_size
-    base_lr = cfg.base_lr if cfg.base_lr is not None else recipe.base_lr
     amp = cfg.amp if cfg.amp is not None or device_type is None else device_type == "cuda"
     out = cfg.replace(
         **filled,
@@ -302,7 +307,7 @@ def resolve(
         activation=activation,
         loss_options=options,
         world_size=world_size,
-        lr=effective_lr(base_lr, batch, world_size),
+        lr=effective_lr(filled["base_lr"], filled["batch_size"], world_size),
         amp=amp,
     )
     return out if data is None else _derive_from_data(out, data)
@@ -310,22 +315,20 @@ def resolve(
 
 def _derive_from_data(cfg: TrainConfig, data: DataStats) -> TrainConfig:
     changes: dict[str, Any] = {}
+    groups = list(data.frequency_groups)
     if "lambda_" in cfg.loss_options and cfg.loss_options["lambda_"] is None:
         try:
-            border = _border(data, "lambda")
+            border = lambda_from_groups(data.class_frequency, groups)
         except ValueError as err:
-            raise InputError(f"--loss {cfg.loss}: {err}; pass --lambda") from None
+            raise InputError(f"--loss {cfg.loss}: {err}") from None
         changes["loss_options"] = {**cfg.loss_options, "lambda_": border}
     if cfg.sampler == "rfs" and cfg.rfs_threshold is None:
         try:
-            changes["rfs_threshold"] = _border(data, "the RFS threshold")
+            border = common_frequent_border(data.class_frequency, groups, "the RFS threshold")
         except ValueError as err:
             raise InputError(f"--sampler rfs: {err}; set rfs_threshold in --config") from None
+        changes["rfs_threshold"] = border
     return cfg.replace(**changes) if changes else cfg
-
-
-def _border(data: DataStats, what: str) -> float:
-    return common_frequent_border(data.class_frequency, list(data.frequency_groups), what)
 
 
 def effective_lr(base_lr: float, batch_size: int, world_size: int = 1) -> float:
@@ -336,12 +339,24 @@ def effective_lr(base_lr: float, batch_size: int, world_size: int = 1) -> float:
 def resume_values(
     saved: Mapping[str, Any], given: Mapping[str, Any] | None, root: Path, out: str, source: str
 ) -> TrainConfig:
-    """The configuration a resumed run continues with: the ``saved`` one (from ``source``) with
-    ``out`` and the options given for this call that :data:`SAFE_ON_RESUME` allows; any other
-    given option that differs from the saved one is refused, all listed in one line."""
+    """The configuration a resumed run continues with: the ``saved`` one (read from ``source``)
+    with ``out`` and the options given for this call that :data:`SAFE_ON_RESUME` allows; any
+    other given option that differs from the saved one is refused, all listed in one line."""
     base = TrainConfig.from_dict({**saved, "out": out}, source=source)
+    changes, refused = _compare_given(base, given or {})
+    if refused:
+        raise InputError(
+            f"--resume continues {root} with its saved options; these differ: "
+            f"{'; '.join(refused)}. Drop them, or start a new run with another --out "
+            f"(--resume may change {', '.join(option_name(k) for k in SAFE_ON_RESUME)})"
+        )
+    return base.replace(**changes)
+
+
+def _compare_given(base: TrainConfig, given: Mapping[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """The given options to apply (safe on resume) and those refused, as the user spelled them."""
     changes, refused = {}, []
-    for key, value in (given or {}).items():
+    for key, value in given.items():
         if key == "out" or value is None:
             continue
         if key == "loss_options":  # each given option against the saved (resolved) one
@@ -357,13 +372,7 @@ def resume_values(
             changes[key] = value
         else:
             refused.append(f"{option_name(key)} {value} (saved: {old})")
-    if refused:
-        raise InputError(
-            f"--resume continues {root} with its saved options; these differ: "
-            f"{'; '.join(refused)}. Drop them, or start a new run with another --out "
-            f"(--resume may change {', '.join(option_name(k) for k in SAFE_ON_RESUME)})"
-        )
-    return base.replace(**changes)
+    return changes, refused
 
 
 def _same(a: Any, b: Any) -> bool:

@@ -46,16 +46,18 @@ class DropVariant(StrEnum):
 BCE_ACTIVATIONS = (Activation.SIGMOID.value, Activation.GUMBEL.value)
 SOFTMAX_ACTIVATIONS = (Activation.SOFTMAX.value,)
 
-#: Options of the Gumbel activation, shared by every BCE-family method (Eq. 3).
+#: The Gumbel temperature sigma of Eq. 3 (also the values ``gumbel sweep`` takes).
+TEMPERATURE_OPTION = Option(
+    "temperature",
+    "float",
+    1.0,
+    "Gumbel temperature sigma of Eq. 3.",
+    low=1e-3,
+    high=1e3,
+)
+#: Options of the Gumbel activation, shared by every BCE-family method.
 GUMBEL_OPTIONS = (
-    Option(
-        "temperature",
-        "float",
-        1.0,
-        "Gumbel temperature sigma of Eq. 3.",
-        low=1e-3,
-        high=1e3,
-    ),
+    TEMPERATURE_OPTION,
     Option(
         "gumbel_mode",
         "choice",

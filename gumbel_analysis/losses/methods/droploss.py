@@ -25,20 +25,11 @@ from __future__ import annotations
 
 import torch
 
-from gumbel_analysis.groups import common_frequent_border
+from gumbel_analysis.groups import lambda_from_groups
 from gumbel_analysis.losses.bce import WeightedBCE
 from gumbel_analysis.losses.elementwise import EntryWeights
 from gumbel_analysis.paper import LVIS_V1_LAMBDA
 from gumbel_analysis.spec.losses import DropVariant
-
-
-def lambda_from_groups(class_frequency, groups: list[str]) -> float:
-    """lambda midway between the most frequent rare/common class and the least frequent frequent
-    class (for LVIS v1: ``100.5 / 100170``, ``LVIS_V1_LAMBDA``)."""
-    try:
-        return common_frequent_border(class_frequency, groups, "lambda")
-    except ValueError as err:
-        raise ValueError(f"{err}; pass --lambda") from None
 
 
 def drop_weights(
