@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.progress import Progress
 
 from gumbel_analysis.cli.common import (
     JsonOption,
@@ -17,6 +19,7 @@ from gumbel_analysis.cli.common import (
     reports_input_errors,
 )
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.io import check_writable_folder, write_text_atomic
 from gumbel_analysis.spec.config import check_fields
 from gumbel_analysis.spec.layout import RunLayout
 from gumbel_analysis.spec.presets import Recipe
@@ -112,8 +115,6 @@ def evaluate(
         max_dets=max_dets, score_threshold=score_threshold, workers=workers, batch_size=batch_size
     )
     if out is not None:
-        from gumbel_analysis.io import check_writable_folder
-
         check_writable_folder(out, "--out folder")
     if source.is_file() and source.suffix.lower() in _RESULTS_SUFFIXES:
         for name, value in (("--score-threshold", score_threshold), ("--workers", workers)):
@@ -153,10 +154,6 @@ def evaluate(
 
 
 def _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as_json) -> None:
-    import warnings
-
-    from rich.progress import Progress
-
     from gumbel_analysis.evaluation.metrics import evaluate_results, metrics_table
 
     if gt is None:
@@ -181,8 +178,6 @@ def _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as
     report = {"results": str(source), "gt": str(gt), "evaluator": evaluator, **metrics}
     report["notes"] = notes
     if out is not None:
-        from gumbel_analysis.io import write_text_atomic
-
         write_text_atomic(RunLayout(out).metrics, json.dumps(report, indent=2) + "\n")
     if as_json:
         print_json(report)

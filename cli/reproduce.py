@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.table import Table
+from rich.text import Text
 
 from gumbel_analysis.cli.common import (
     JsonOption,
@@ -140,9 +142,6 @@ reproduce.__doc__ = (reproduce.__doc__ or "").format(
 
 
 def _print_summary(summary: dict) -> None:
-    from rich.table import Table
-    from rich.text import Text
-
     table = Table(title="The paper's claims on the embedded benchmark")
     table.add_column("item")
     table.add_column("claim")

@@ -18,6 +18,7 @@ what to do with it; :func:`run_plan` does it:
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -192,8 +193,6 @@ def run_plan(
 ) -> None:
     """Carry out ``plan`` in order; a run whose loss becomes non-finite is marked failed and the
     others still run. Each run's status, metrics and wall time are filled in."""
-    import time
-
     from gumbel_analysis.engine.inference import evaluate_checkpoint
     from gumbel_analysis.engine.train import train
 

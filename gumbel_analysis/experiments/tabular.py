@@ -21,6 +21,7 @@ from typing import Any
 from rich import box
 from rich.console import Group
 from rich.markup import escape
+from rich.table import Table as RichTable
 
 from gumbel_analysis.experiments.stats import Delta, Stat
 
@@ -335,8 +336,6 @@ def to_html(table: Table) -> str:
 
 def to_rich(table: Table) -> Group:
     """A rich table under ``table.title`` with the caption below it, then ``table.notes``."""
-    from rich.table import Table as RichTable
-
     shown = table.shown("rich")
     out = RichTable(
         title=table.title or None,
