@@ -23,6 +23,7 @@ from gumbel_analysis.cli.training_options import (
     CheckpointEveryOption,
     DeviceOption,
     WorkersOption,
+    check_device_available,
 )
 from gumbel_analysis.experiments import material
 from gumbel_analysis.experiments.material import DEFAULT_ITEMS
@@ -97,6 +98,7 @@ def reproduce(
     from gumbel_analysis.experiments.report import write_report
 
     machine = check_fields(device=device, workers=workers, checkpoint_every=checkpoint_every)
+    check_device_available(device)
     items = lib.parse_only(only, DEFAULT_ITEMS)
     start = time.perf_counter()
     quiet = as_json or not progress

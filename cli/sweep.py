@@ -26,10 +26,12 @@ from gumbel_analysis.cli.training_options import (
     PresetOption,
     ScheduleOption,
     WorkersOption,
+    check_device_available,
     field_option,
     given_fields,
 )
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.io import remove_leftovers
 from gumbel_analysis.paper import PAPER_SIGMAS
 from gumbel_analysis.spec import loss_entry
 from gumbel_analysis.spec.config import check_fields
@@ -104,12 +106,13 @@ def sweep(
     # The run options every run of the sweep shares (out and seed are each run's own).
     base = {k: v for k, v in given_fields(locals()).items() if k not in ("out", "seed")}
     check_fields(**base)
+    check_device_available(device)
     loss_entry(loss)  # one line naming --loss if the catalogue has no such loss
     temperatures = list(temperature) if temperature else list(PAPER_SIGMAS)
     if data is not None:
         from gumbel_analysis.engine.setup import data_paths
 
-        data_paths(str(data))
+        data_paths(base["data"])
     figure = plot if plot is not None else out / lib.FIGURE_NAME
     if plot is not None:
         check_figure_path(plot)
@@ -118,11 +121,10 @@ def sweep(
     if figure.exists() and figure.is_dir():
         fail(f"--plot {figure} is a folder")
 
-    if data is not None:
-        base["data"] = str(data.resolve())
     plan = lib.plan_sweep(base, temperatures, seeds, seed, out)
 
     out.mkdir(parents=True, exist_ok=True)
+    remove_leftovers(figure)  # of a sweep killed while it drew the figure
     quiet = as_json or not progress
 
     def announce(i: int, n: int, item: lib.PlannedRun) -> None:

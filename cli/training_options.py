@@ -17,8 +17,11 @@ from gumbel_analysis.spec.losses import option_uses
 
 #: The help panel of the loss options in ``gumbel train --help``.
 LOSS_PANEL = "Loss options (each applies to the losses that declare it)"
-#: Fields whose command-line value is a path (passed on as text).
+#: Fields whose command-line value is a path, taken as the text given (click's Path would make
+#: ``--out ""`` the current folder); ``data`` and ``weights`` are recorded resolved, so a run can
+#: be evaluated or resumed from any folder.
 _PATH_FIELDS = ("data", "weights", "out")
+_ABSOLUTE_FIELDS = ("data", "weights")
 
 
 def _choices(name: str, choices: tuple[str, ...]) -> type[StrEnum]:
@@ -26,8 +29,6 @@ def _choices(name: str, choices: tuple[str, ...]) -> type[StrEnum]:
 
 
 def _python_type(name: str, option: Option) -> Any:
-    if name in _PATH_FIELDS:
-        return Path
     if option.kind == "choice":
         return _choices(name, option.choices)
     return {"int": int, "float": float, "bool": bool, "str": str}[option.kind]
@@ -41,7 +42,8 @@ def field_option(name: str, help: str | None = None) -> Any:
     flag = option.cli_flag
     decls = [f"{flag}/--no-{flag[2:]}"] if option.kind == "bool" else [flag]
     kind = _python_type(name, option)
-    return Annotated[kind | None, typer.Option(*decls, help=help or option.help)]
+    metavar = "PATH" if name in _PATH_FIELDS else None
+    return Annotated[kind | None, typer.Option(*decls, help=help or option.help, metavar=metavar)]
 
 
 def given_fields(values: Mapping[str, Any]) -> dict[str, Any]:
@@ -51,7 +53,18 @@ def given_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     for name, value in values.items():
         if name in FIELD_OPTIONS and value is not None:
             given[name] = str(value) if isinstance(value, Path | StrEnum) else value
+            if name in _ABSOLUTE_FIELDS and given[name]:
+                given[name] = str(Path(given[name]).resolve())
     return given
+
+
+def check_device_available(device: str | None) -> None:
+    """Before anything is written: a ``--device`` this machine has (CUDA asked for where there is
+    none is one line). Imports torch only when a device is given."""
+    if device is not None:
+        from gumbel_analysis.engine.setup import pick_device
+
+        pick_device(FIELD_OPTIONS["device"].check(device))
 
 
 def with_loss_options(command: Callable[..., Any]) -> Callable[..., Any]:

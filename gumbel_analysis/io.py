@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -97,6 +99,27 @@ def make_temp_dir(parent: str | os.PathLike, name: str) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{name}.", suffix=".tmp", dir=parent))
     os.chmod(tmp, umask_mode(folder=True))
     return tmp
+
+
+def remove_leftovers(path: str | os.PathLike) -> list[Path]:
+    """Delete what a killed :func:`atomic_path` or :func:`make_temp_dir` for ``path`` left beside
+    it: ``.NAME.XXXXXXXX.tmp`` plus ``path``'s suffix (a file) or nothing (a folder); nothing else.
+    A command calls it for its own outputs when it starts again."""
+    path = Path(path)
+    name = re.escape(path.name)
+    own = re.compile(rf"\.{name}\.[A-Za-z0-9_]{{8}}\.tmp({re.escape(path.suffix)})?")
+    removed: list[Path] = []
+    if not path.parent.is_dir():
+        return removed
+    for child in path.parent.iterdir():
+        if child.is_symlink() or not own.fullmatch(child.name):
+            continue
+        if child.is_dir():
+            shutil.rmtree(child)
+        else:
+            child.unlink(missing_ok=True)
+        removed.append(child)
+    return removed
 
 
 def write_text_atomic(path: str | os.PathLike, text: str) -> None:

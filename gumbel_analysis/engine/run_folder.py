@@ -12,7 +12,7 @@ from typing import Any
 
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.spec.config import TrainConfig, resume_values
+from gumbel_analysis.spec.config import SAFE_ON_RESUME, TrainConfig, resume_values
 from gumbel_analysis.spec.layout import RunLayout
 
 
@@ -61,21 +61,51 @@ def check_run_folder(run: RunLayout, resume: bool) -> None:
 
 
 def _saved_config(run: RunLayout) -> tuple[dict[str, Any] | None, dict[str, Any] | None, str]:
-    """The saved config's values, the checkpoint (None before the first one) and the file read."""
+    """The saved config's values, the checkpoint (None before the first one) and the file read.
+
+    A corrupt ``config.json`` is refused even beside a checkpoint (nothing is rebuilt behind the
+    user's back), and so is a checkpoint whose configuration is not the folder's."""
+    recorded = _read_config_json(run) if run.config.is_file() else None
     if run.last.exists():
         saved = ckpt.load_checkpoint(run.last)
+        if recorded is not None:
+            _check_same_run(run, saved.get("config") or {}, recorded)
         return saved.get("config"), saved, str(run.last)
-    if run.config.is_file():
-        try:
-            return json.loads(run.config.read_text()), None, str(run.config)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            raise InputError(
-                f"{run.config} is corrupt; start a new run with another --out"
-            ) from None
+    if recorded is not None:
+        return recorded, None, str(run.config)
     raise InputError(
         f"nothing to resume in {run.root}: no {run.last.name} or {run.config.name}; "
         "run without --resume"
     )
+
+
+def _read_config_json(run: RunLayout) -> dict[str, Any]:
+    try:
+        values = json.loads(run.config.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        values = None
+    if not isinstance(values, dict):
+        raise InputError(f"{run.config} is corrupt; start a new run with another --out")
+    return values
+
+
+#: Fields a checkpoint and its folder's config.json may disagree on: where the folder is, what a
+#: resume may change, and what follows from the machine (processes, their lr, mixed precision):
+#: config.json is rewritten at each start, the checkpoint only at the next checkpoint.
+_MAY_DIFFER = frozenset({"out", "world_size", "lr", "amp", *SAFE_ON_RESUME})
+
+
+def _check_same_run(run: RunLayout, checkpoint: dict[str, Any], recorded: dict[str, Any]) -> None:
+    """The checkpoint holds a state of the run its folder's config.json describes."""
+    for key in sorted((set(checkpoint) | set(recorded)) - _MAY_DIFFER):
+        have, want = checkpoint.get(key), recorded.get(key)
+        if isinstance(have, list | tuple) and isinstance(want, list | tuple):
+            have, want = list(have), list(want)
+        if have != want:
+            raise InputError(
+                f"{run.last} is not a checkpoint of the run in {run.config} ({key} is {have!r} "
+                f"in the checkpoint, {want!r} in the config); start a new run with another --out"
+            )
 
 
 def resume_config(

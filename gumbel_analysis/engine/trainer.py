@@ -215,8 +215,8 @@ class Trainer:
         if not math.isfinite(value):
             parts = ", ".join(f"{k}={float(v.detach()):.4g}" for k, v in loss_dict.items())
             raise TrainingError(
-                f"non-finite loss at iteration {self.iteration + 1} (epoch {self.epoch + 1}): "
-                f"{parts}; state saved to {self.run.diverged}"
+                f"non-finite loss at iteration {self.iteration + 1} (epoch {self.epoch}, counted "
+                f"from 0 as in metrics.jsonl): {parts}; state saved to {self.run.diverged}"
             )
 
     def _advance(self) -> None:

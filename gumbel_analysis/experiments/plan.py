@@ -146,7 +146,7 @@ def _action(path: Path, wanted: dict[str, Any]) -> tuple[str, str]:
         return EVALUATE, status
     if RunLayout(path).last.is_file():
         return RESUME, status
-    extra = [p.name for p in path.iterdir() if not _restartable_file(p.name)]
+    extra = [p.name for p in path.iterdir() if not _restartable_file(p)]
     if extra:
         raise InputError(
             f"{path} has no checkpoint to resume and holds files a restart would not remove "
@@ -155,9 +155,12 @@ def _action(path: Path, wanted: dict[str, Any]) -> tuple[str, str]:
     return RESTART, status
 
 
-def _restartable_file(name: str) -> bool:
-    # Half-written temporary files of io.atomic_path / checkpoint saves: ".NAME.XXXX.tmp..."
-    return name in PRE_CHECKPOINT_FILES or (name.startswith(".") and ".tmp" in name)
+def _restartable_file(path: Path) -> bool:
+    """A file a run writes before its first checkpoint, or the temporary file of a killed
+    atomic write (``.NAME.XXXX.tmp...``): a plain file, never a folder or a link."""
+    name = path.name
+    written = name in PRE_CHECKPOINT_FILES or (name.startswith(".") and ".tmp" in name)
+    return written and path.is_file() and not path.is_symlink()
 
 
 def _check_same_config(run: Run, wanted: dict[str, Any]) -> None:
@@ -201,9 +204,10 @@ def run_plan(
             announce(i, len(plan), item)
         start = time.perf_counter()
         try:
-            if item.action == RESTART:
+            if item.action == RESTART:  # the plan checked that these are all it holds
                 for child in item.path.iterdir():
-                    child.unlink()
+                    if _restartable_file(child):
+                        child.unlink()
             if item.action in (TRAIN, RESTART, RESUME):
                 cfg = TrainConfig.from_dict(item.values)
                 train(cfg, resume=item.action == RESUME, progress=progress, console=console)

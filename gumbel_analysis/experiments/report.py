@@ -151,14 +151,19 @@ def command_of(item: Item, plan: Plan) -> str:
 
 
 def build_sections(plan: Plan, figures_dir: Path) -> tuple[list[Section], Measured]:
-    """Measure every item, draw its figures into ``figures_dir`` and judge its claims."""
+    """Measure every item, draw its figures into ``figures_dir`` and judge its claims. Every
+    item is measured before anything is drawn, so a measurement that refuses (a run without its
+    gradient log) leaves no ``figures_dir`` behind."""
     measured = measure_runs(plan)
+    contexts = [
+        ItemContext(item, measured, data_folder(plan.out), figures_dir) for item in plan.items
+    ]
+    measurements = [ctx.item.measure(ctx) for ctx in contexts]
     figures_dir.mkdir(parents=True, exist_ok=True)
     sections = []
-    for item in plan.items:
-        ctx = ItemContext(item, measured, data_folder(plan.out), figures_dir)
+    for ctx, measurement in zip(contexts, measurements, strict=True):
+        item = ctx.item
         section = Section(item, command_of(item, plan), item_metrics_table(item, measured, plan))
-        measurement = item.measure(ctx)
         section.extra = list(measurement.tables)
         section.figures = list(item.draw(ctx, measurement))
         section.verdicts = [judge(c, measured, item.schedule) for c in item.claims]

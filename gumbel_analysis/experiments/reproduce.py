@@ -37,7 +37,7 @@ from gumbel_analysis.experiments.plan import (
     run_plan,
 )
 from gumbel_analysis.experiments.runs import FINISHED
-from gumbel_analysis.io import atomic_path
+from gumbel_analysis.io import atomic_path, remove_leftovers
 
 TIMINGS = "timings.json"
 
@@ -89,18 +89,26 @@ def data_folder(out: Path) -> Path:
     return out / "data"
 
 
+def check_data(out: Path) -> Path:
+    """``OUT/data``, which holds the benchmark or is still to be made (nothing is written)."""
+    folder = data_folder(out)
+    if folder.exists():
+        info = read_json(folder / "annotations" / ANNOTATION_FILES["val"]).get("info", {})
+        if info.get("key") != material.BENCHMARK.key():
+            raise InputError(
+                f"{folder} holds another dataset (key {info.get('key')!r}, the benchmark is "
+                f"{material.BENCHMARK.key()!r}); use another --out"
+            )
+    return folder
+
+
 def ensure_data(out: Path, progress: bool = False) -> Path:
     """The benchmark in ``OUT/data``: made if absent, else checked to be the benchmark."""
-    folder = data_folder(out)
+    folder = check_data(out)
     if not folder.exists():
+        remove_leftovers(folder)  # of a reproduce killed while it made the data
         out.mkdir(parents=True, exist_ok=True)
-        return make_synthetic(folder, material.BENCHMARK, progress=progress)
-    info = read_json(folder / "annotations" / ANNOTATION_FILES["val"]).get("info", {})
-    if info.get("key") != material.BENCHMARK.key():
-        raise InputError(
-            f"{folder} holds another dataset (key {info.get('key')!r}, the benchmark is "
-            f"{material.BENCHMARK.key()!r}); use another --out"
-        )
+        make_synthetic(folder, material.BENCHMARK, progress=progress)
     return folder
 
 
@@ -126,7 +134,7 @@ def plan_reproduce(
         raise InputError(f"--seed must be at least 0, got {seed}")
     check_out_folder(out)
     selected = [ITEMS[k] for k in items]
-    data = ensure_data(out, progress).resolve()
+    data = check_data(out).resolve()
     runs: list[Planned] = []
     seen: set[tuple[str, str]] = set()
     seed_list = list(range(seed, seed + seeds))
@@ -147,6 +155,7 @@ def plan_reproduce(
                 path = run_path(out, config, item.schedule, quick, s)
                 planned = plan_run(path, values, seed=s, temperature=None)
                 runs.append(Planned(config, item.schedule, epochs, planned))
+    ensure_data(out, progress)  # every run checked: only now is anything written
     return Plan(out, selected, seed_list, quick, runs)
 
 

@@ -65,7 +65,7 @@ class Option:
             return "one of " + ", ".join(self.choices)
         fixed = {
             "bool": "true or false",
-            "str": "a string",
+            "str": "a non-empty string",
             "dict": "an object",
             "steps": "a list of increasing epochs >= 1",
         }

@@ -1,0 +1,139 @@
+"""Issue 22's cases on training, resuming, sweeping and reproducing: nothing a later command does
+changes a finished run, and every refusal leaves the disk as it was."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import torch
+from test_hardening import FAST, data_dir, refused, run_dir, runner, snapshot  # noqa: F401
+from test_sweep import _fake_run
+
+from gumbel_analysis.cli.app import app
+from gumbel_analysis.experiments import reproduce
+from gumbel_analysis.experiments import sweep as sweep_lib
+from gumbel_analysis.io import make_temp_dir, remove_leftovers
+from gumbel_analysis.spec.layout import RunLayout
+
+
+@pytest.fixture(scope="module")
+def sigmoid_run(data_dir, tmp_path_factory):  # noqa: F811 - the shared fixture
+    out = tmp_path_factory.mktemp("s") / "run"
+    args = ["train", "--data", str(data_dir), "--out", str(out), "--loss", "sigmoid"]
+    result = runner.invoke(app, [*args, "--max-iters", "2", "--epochs", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    return out
+
+
+def _copy(run, tmp_path):
+    return shutil.copytree(run, tmp_path / "copy")
+
+
+def test_resume_refuses_a_checkpoint_of_another_run(tmp_path, run_dir, sigmoid_run):  # noqa: F811
+    """A gumbel run folder holding a sigmoid run's last.pt: refused naming both files, where it
+    used to rewrite config.json with the checkpoint's config."""
+    run = _copy(run_dir, tmp_path)
+    shutil.copy(RunLayout(sigmoid_run).last, RunLayout(run).last)
+    line = refused(
+        ["train", "--resume", "--out", run, "--max-iters", "3"], "is not a checkpoint", run
+    )
+    assert str(RunLayout(run).last) in line and str(RunLayout(run).config) in line
+    assert "'sigmoid' in the checkpoint, 'gumbel' in the config" in line
+
+
+def test_resume_refuses_a_corrupt_config_beside_a_checkpoint(tmp_path, run_dir):  # noqa: F811
+    run = _copy(run_dir, tmp_path)
+    RunLayout(run).config.write_text('{"loss": "gumb')
+    refused(["train", "--resume", "--out", run, "--max-iters", "3"], "is corrupt", run)
+    RunLayout(run).config.write_text("[1, 2]")  # valid JSON, not a config
+    refused(["train", "--resume", "--out", run, "--max-iters", "3"], "is corrupt", run)
+
+
+def test_a_checkpoint_resumes_with_its_own_config_json(tmp_path, run_dir):  # noqa: F811
+    """The check above accepts the folder's own checkpoint, also after a safe option changed."""
+    run = _copy(run_dir, tmp_path)
+    args = ["train", "--resume", "--out", str(run), "--max-iters", "3", *FAST]
+    result = runner.invoke(app, [*args, "--no-eval"])
+    assert result.exit_code == 0, result.output
+    saved = torch.load(RunLayout(run).last, weights_only=False)["config"]
+    assert saved["max_iters"] == 3 == json.loads(RunLayout(run).config.read_text())["max_iters"]
+
+
+@pytest.mark.parametrize("option", ["--out", "--data"])
+def test_an_empty_path_is_refused(tmp_path, data_dir, option, monkeypatch):  # noqa: F811
+    """``--out ""`` trained into the current folder; ``--data ""`` read it as the data."""
+    monkeypatch.chdir(tmp_path)
+    given = {"--out": str(tmp_path / "run"), "--data": str(data_dir), option: ""}
+    args = ["train", "--out", given["--out"], "--data", given["--data"], *FAST]
+    refused(args, f"{option} must be a non-empty string, got ''")
+
+
+def test_a_relative_data_folder_is_recorded_resolved(tmp_path, data_dir, monkeypatch):  # noqa: F811
+    """So that the run can be evaluated (or resumed) from any other folder."""
+    monkeypatch.chdir(data_dir.parent)
+    out = tmp_path / "run"
+    args = ["train", "--data", data_dir.name, "--out", str(out), "--max-iters", "1", "--no-eval"]
+    result = runner.invoke(app, [*args, "--epochs", "1", *FAST])
+    assert result.exit_code == 0, result.output
+    assert json.loads(RunLayout(out).config.read_text())["data"] == str(data_dir.resolve())
+
+
+def test_a_sweep_checks_before_it_removes_anything(tmp_path):
+    """A run folder without a checkpoint that holds a folder named like a temp file: the sweep
+    used to delete config.json, grads.h5 and metrics.jsonl, then fail on the folder."""
+    base = {"loss": "gumbel", "max_iters": 2}
+    run = _fake_run(tmp_path / "t1-s0", temperature=1.0, seed=0, **base)
+    for name in ("metrics.jsonl", "grads.h5"):
+        (run / name).write_text("x")
+    (run / ".last.pt.abcd.tmp.pt").mkdir()
+    before = snapshot(tmp_path)
+    with pytest.raises(Exception, match=r"\.last\.pt\.abcd\.tmp\.pt"):
+        sweep_lib.plan_sweep(base, [1.0], 1, 0, tmp_path)
+    assert snapshot(tmp_path) == before
+    (run / ".last.pt.abcd.tmp.pt").rmdir()
+    (plan,) = sweep_lib.plan_sweep(base, [1.0], 1, 0, tmp_path)
+    assert plan.action == "restart"  # its own files only: a restart removes them
+
+
+def test_sweep_and_reproduce_refuse_cuda_without_writing(tmp_path):
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    for args in (
+        ["sweep", "--out", tmp_path / "s", "-t", "1", "--device", "cuda"],
+        ["reproduce", "--out", tmp_path / "r", "--quick", "--device", "cuda"],
+    ):
+        refused(args, "--device cuda was asked for but CUDA is not available", tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
+def test_reproduce_refuses_another_runs_folder_before_it_makes_the_data(tmp_path):
+    """Every run is planned (and a folder of another configuration refused) before OUT/data is
+    made: a refusal writes nothing."""
+    out = tmp_path / "r"
+    item = reproduce.ITEMS["table3"]
+    planned = reproduce.run_path(out, item.configs[0], item.schedule, True, 0)
+    planned.mkdir(parents=True)
+    (planned / "stray.txt").write_text("mine")
+    before = snapshot(tmp_path)
+    with pytest.raises(Exception, match="not a run folder and not empty"):
+        reproduce.plan_reproduce(out, ["table3"], 1, quick=True)
+    assert snapshot(tmp_path) == before and not (out / "data").exists()
+
+
+def test_leftovers_of_a_killed_write_are_removed_and_nothing_else(tmp_path):
+    """What ``gumbel sweep`` (its figure) and ``gumbel reproduce`` (its data) do when they start
+    again: remove their own temporary files and folders, keep every other file."""
+    figure, data = tmp_path / "figure_1ii.png", tmp_path / "data"
+    leftover_dir = make_temp_dir(tmp_path, "data")
+    (leftover_dir / "half.json").write_text("{")
+    leftover_file = tmp_path / ".figure_1ii.png.k2j4h5g6.tmp.png"
+    leftover_file.write_bytes(b"\x89PNG")
+    kept = [tmp_path / ".figure_1ii.png.notes", tmp_path / ".data.json.k2j4h5g6.tmp.json"]
+    for path in kept:
+        path.write_text("mine")
+    (tmp_path / "link").symlink_to(leftover_file)
+    assert remove_leftovers(figure) == [leftover_file]
+    assert remove_leftovers(data) == [leftover_dir]
+    assert all(p.exists() for p in kept) and not leftover_dir.exists()
