@@ -137,3 +137,19 @@ def test_leftovers_of_a_killed_write_are_removed_and_nothing_else(tmp_path):
     assert remove_leftovers(figure) == [leftover_file]
     assert remove_leftovers(data) == [leftover_dir]
     assert all(p.exists() for p in kept) and not leftover_dir.exists()
+
+
+def test_a_report_that_cannot_measure_a_figure_writes_no_figures_folder(tmp_path):
+    """``reproduce --only fig2`` whose runs lack grads.h5 used to leave an empty OUT/figures."""
+    from test_report_items import fake_runs
+
+    from gumbel_analysis.errors import InputError
+    from gumbel_analysis.experiments.report import write_report
+
+    out = tmp_path / "r"
+    item = reproduce.ITEMS["fig2"]
+    plan = reproduce.Plan(out, [item], [0], True, fake_runs(out, item, [0]))
+    before = snapshot(tmp_path)
+    with pytest.raises(InputError, match=r"grads\.h5"):
+        write_report(plan)
+    assert snapshot(tmp_path) == before and not (out / "figures").exists()
