@@ -9,9 +9,11 @@ writer leaves behind.
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
+import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -81,6 +83,8 @@ class GradientLogWriter:
         if len(categories) != self.num_classes:
             raise ValueError(f"{len(categories)} categories for {self.num_classes} columns")
         kept = _read_rows(self.path, resume_after) if resume_after is not None else None
+        kept_bytes = sum(v.nbytes for v in kept.values()) if kept else 0
+        _check_space(self.path, kept_bytes + _row_bytes(self.num_classes))
         with atomic_path(self.path) as tmp, h5py.File(tmp, "w", libver="latest") as f:
             _create(f, attributes, categories, kept)
         self._file = h5py.File(self.path, "a", libver="latest")
@@ -95,6 +99,7 @@ class GradientLogWriter:
         sums = np.asarray(sums)
         if sums.shape != (len(QUANTITIES), self.num_classes):
             raise ValueError(f"expected sums of shape (4, {self.num_classes}), got {sums.shape}")
+        _check_space(self.path, _row_bytes(self.num_classes))
         n = self.rows
         f = self._file
         for name, values in zip(QUANTITIES, sums, strict=True):
@@ -116,6 +121,24 @@ class GradientLogWriter:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+#: Free space the log keeps in reserve beyond a row's own bytes, for HDF5's chunk and metadata
+#: allocations. HDF5 cannot close a file after a write into a full disk failed (it retries the
+#: flush at every close, and the process ends in a segmentation fault), so the log refuses the
+#: write first, while the file is still whole and closes cleanly.
+RESERVED_BYTES = 1 << 20
+
+
+def _row_bytes(num_classes: int) -> int:
+    return 8 * (len(QUANTITIES) * num_classes + 2)
+
+
+def _check_space(path: Path, need: int) -> None:
+    """OSError (no space left, naming ``path``) unless its disk has ``need`` bytes and the
+    reserve free."""
+    if shutil.disk_usage(path.parent).free < need + RESERVED_BYTES:
+        raise OSError(errno.ENOSPC, "No space left on device for the gradient log", str(path))
 
 
 def _create(f: h5py.File, attributes: dict, categories: Sequence[dict], kept: dict | None) -> None:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -153,3 +155,53 @@ def test_a_report_that_cannot_measure_a_figure_writes_no_figures_folder(tmp_path
     with pytest.raises(InputError, match=r"grads\.h5"):
         write_report(plan)
     assert snapshot(tmp_path) == before and not (out / "figures").exists()
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A tmpfs of the size asked for, mounted for the test (skipped where one cannot be)."""
+    mounted = []
+
+    def mount(size: str):
+        point = tmp_path / f"disk{len(mounted)}"
+        point.mkdir()
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(point)],
+            capture_output=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+        mounted.append(point)
+        return point
+
+    yield mount
+    for point in mounted:
+        subprocess.run(["umount", str(point)], check=False)
+
+
+def _train_in_a_process(data_dir, out, *more):  # noqa: F811 - data_dir is a path here
+    args = [sys.executable, "-m", "gumbel_analysis", "train", "--data", str(data_dir)]
+    args += ["--out", str(out), "--epochs", "1", *FAST, *more]
+    return subprocess.run(args, capture_output=True, text=True, timeout=600)
+
+
+@pytest.mark.skipif(shutil.which("mount") is None, reason="no mount command")
+def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(data_dir, small_disk):  # noqa: F811
+    """The gradient log used to hit the full disk inside HDF5, which then cannot close the file:
+    repeated h5py tracebacks and a segmentation fault (exit 139), the run folder gone."""
+    tiny = small_disk("64k")
+    done = _train_in_a_process(data_dir, tiny / "run", "--max-iters", "3")
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert lines[-1].startswith("error: No space left on device") and "Traceback" not in done.stderr
+    assert str(tiny / "run") in lines[-1]
+    # Mid-run: the first checkpoint fits, the second does not; the first is kept.
+    disk = small_disk("48m")
+    done = _train_in_a_process(
+        data_dir, disk / "run", "--max-iters", "4", "--checkpoint-every", "2"
+    )
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr and done.stderr.strip().splitlines()[-1].startswith(
+        "error: "
+    )
+    assert torch.load(RunLayout(disk / "run").last, weights_only=False)["iteration"] == 2
