@@ -1,4 +1,4 @@
-"""A sweep of bad inputs across the seven commands: is each answered as promised?
+"""A sweep of bad inputs across the commands: is each answered as promised?
 
 Promise (the developers' guide): one line ``error: ...`` on stderr, exit status 2, no traceback,
 and nothing created or changed on disk (the working folder and every input folder are compared
@@ -8,7 +8,13 @@ above.
 
 Every case runs in-process through Typer's CliRunner in a fresh working folder, against shared
 fixtures (a small synthetic dataset, a short trained run, its results and gradient log, broken
-copies of each). Prints one line per case that is not answered as promised, and the counts.
+copies of each; a second short run of another loss; broken run folders for table and --resume;
+a reproduce folder whose fig2 runs lack grads.h5). Cases that could hang or start a long
+training (reproduce, table over a symlink loop) run in a subprocess under a time limit: a hang is
+a finding. Prints one line per case that is not answered as promised, and the counts.
+
+Commands: train, eval, init-bias, temperature, kl-dist, grads, make-data, table, sweep,
+reproduce (--only COMMAND runs one command's cases; the fixtures are always made).
 
     nice .venv/bin/python bench/bad_inputs.py [--keep DIR] [--only COMMAND]
 """
@@ -22,6 +28,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import subprocess
 import sys
 import tempfile
 import time
@@ -39,6 +47,10 @@ from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
 
 SPEC = SyntheticSpec(classes=5, train_images=20, val_images=4, size=64, seed=2)
 FAST = ["--workers", "0", "--batch-size", "4", "--device", "cpu", "--no-progress"]
+SHORT = ["--max-iters", "2", "--epochs", "1"]
+DEEP = 100_000  # JSON/TOML nesting depth of the "nested too deeply" inputs
+NESTED = "[" * DEEP + "]" * DEEP
+CUDA = torch.cuda.is_available()  # --device cuda is a bad input only without it
 
 
 @dataclass
@@ -48,6 +60,44 @@ class Case:
     expect: str = "refuse"  # refuse: exit 2, one line; finite: exit 0 without NaN/inf, or refuse
     note: str = ""
     watch: list[Path] = field(default_factory=list)
+    # Seconds: run in a subprocess (python -m gumbel_analysis) under this limit, so that a hang
+    # (or a command that starts a long training instead of refusing) is a finding, not a hang of
+    # the bench. None: in-process through CliRunner.
+    timeout: float | None = None
+
+
+@dataclass
+class Ran:
+    """A subprocess's answer, read by judge() as a CliRunner result."""
+
+    exit_code: int
+    stdout: str
+    stderr: str
+    hang: bool = False
+    exception: BaseException | None = None
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_subprocess(case: Case, work: Path) -> Ran:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gumbel_analysis", *case.args],
+        cwd=work,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,  # its own process group: a timeout ends it and its workers
+    )
+    try:
+        out, err = proc.communicate(timeout=case.timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        out, err = proc.communicate()
+        return Ran(-9, out, err, hang=True)
+    return Ran(proc.returncode, out, err)
 
 
 def snapshot(paths: list[Path]) -> dict[str, tuple[int, int]]:
@@ -222,7 +272,31 @@ def fixtures(root: Path) -> dict[str, Path]:
         "cfg_extra_list": '{"extra": [1]}',
         "cfg_warmup_neg": '{"warmup_iters": -3}',
         "cfg_float_epochs": '{"epochs": 2.5}',
+        "cfg_deep": '{"epochs": ' + NESTED + "}",
+        "cfg_loss_options_int": '{"loss_options": 5}',
+        "cfg_loss_options_list": '{"loss_options": [1]}',
+        "cfg_loss_options_unknown": '{"loss_options": {"bogus": 1}}',
+        "cfg_loss_options_temp_str": '{"loss_options": {"temperature": "hot"}}',
+        "cfg_loss_options_other_loss": '{"loss": "sigmoid", "loss_options": {"temperature": 0.5}}',
+        "cfg_unknown_nested": '{"bogus": {"a": [1, 2]}}',
     }
+    tomls = {
+        "cfg_toml_deep": "epochs = " + NESTED,
+        "cfg_toml_unknown": "bogus = 1",
+        "cfg_toml_type": 'epochs = "two"',
+        "cfg_toml_inf": "base_lr = inf",
+        "cfg_toml_nan_temp": "[loss_options]\ntemperature = nan",
+        "cfg_toml_loss_options_str": 'loss_options = "x"',
+        "cfg_toml_loss_options_array": "loss_options = [1, 2]",
+        "cfg_toml_inline_table": "epochs = {a = 1}",
+        "cfg_toml_date": "epochs = 1979-05-27",
+        "cfg_toml_unclosed": "[loss_options\ntemperature = 1",
+    }
+    for name, text in tomls.items():
+        (root / f"{name}.toml").write_text(text)
+        fx[name] = root / f"{name}.toml"
+    (root / "cfg_toml_binary.toml").write_bytes(b"\xff\xfe\x00 = 1")
+    fx["cfg_toml_binary"] = root / "cfg_toml_binary.toml"
     for name, text in cfgs.items():
         (root / f"{name}.json").write_text(text)
         fx[name] = root / f"{name}.json"
@@ -291,7 +365,123 @@ def fixtures(root: Path) -> dict[str, Path]:
     shutil.copy(run / "config.json", killed / "config.json")
     (killed / ".last.pt.abc123.tmp.pt").write_bytes(b"")
     fx["killed"] = killed
+    newer_fixtures(root, fx, runner)
     return fx
+
+
+def run_folder(dst: Path, src: Path, config: str | None = None, metrics: str | None = None) -> Path:
+    """A finished run folder as gumbel table reads it: src's config.json and metrics.json (or the
+    texts given), nothing else."""
+    dst.mkdir(parents=True)
+    for name, text in (("config.json", config), ("metrics.json", metrics)):
+        if text is None:
+            shutil.copy(src / name, dst / name)
+        elif text != "-":  # "-": leave the file out
+            (dst / name).write_text(text)
+    return dst
+
+
+def newer_fixtures(root: Path, fx: dict[str, Path], runner: CliRunner) -> None:
+    """Fixtures of table, sweep, reproduce, eval of a results file and train --resume."""
+    data, run = fx["data"], fx["run"]
+    # A second tiny run, of another loss: its last.pt is another configuration's checkpoint.
+    sig = root / "run_sigmoid"
+    result = runner.invoke(
+        app,
+        ["train", "--data", str(data), "--out", str(sig), "--loss", "sigmoid", *SHORT, *FAST],
+    )
+    assert result.exit_code == 0, result.output
+    fx["run_sigmoid"] = sig
+
+    # ---- table: run folders with broken config.json / metrics.json
+    metrics = json.loads((run / "metrics.json").read_text())
+    tbl = root / "table"
+    broken = {
+        "tbl_bad_config": ("{not json", None),
+        "tbl_config_list": ("[1]", None),
+        "tbl_deep_config": ('{"loss": ' + NESTED + "}", None),
+        "tbl_bad_metrics": (None, "{not json"),
+        "tbl_metrics_list": (None, "[1]"),
+        "tbl_ap_str": (None, json.dumps({**metrics, "AP": "high"})),
+        "tbl_ap_list": (None, json.dumps({**metrics, "AP": [1, 2]})),
+        "tbl_ap_bool": (None, json.dumps({**metrics, "AP": True})),
+        "tbl_ap_dict": (None, json.dumps({**metrics, "AP": {"a": 1}})),
+        "tbl_deep_metrics": (None, '{"AP": ' + NESTED + "}"),
+        "tbl_binary_metrics": (None, "x"),
+    }
+    for name, (config, text) in broken.items():
+        fx[name] = run_folder(tbl / name, run, config, text)
+    (fx["tbl_binary_metrics"] / "metrics.json").write_bytes(b"\xff\xfe\x00garbage")
+    fx["tbl_ap_nan"] = run_folder(
+        tbl / "ap_nan", run, None, json.dumps({**metrics, "AP": math.nan})
+    )
+    fx["tbl_unfinished"] = run_folder(tbl / "unfinished", run, None, "-")
+    two = tbl / "two_configs"
+    run_folder(two / "gumbel", run)
+    run_folder(two / "sigmoid", sig)
+    fx["tbl_two_configs"] = two
+    fx["tbl_other"] = run_folder(tbl / "other", sig)
+    # A tree with symlinks back to its own top: one link (a walk of 40 levels, the kernel's
+    # limit), and two (2**40 paths to walk unless the walk stops at a folder it has seen).
+    for links in (1, 2):
+        top = tbl / f"loop{links}"
+        run_folder(top / "a", run)
+        (top / "sub").mkdir()
+        for i in range(links):
+            (top / "sub" / f"up{i}").symlink_to("..", target_is_directory=True)
+        fx[f"tbl_loop{links}"] = top
+
+    # ---- sweep: a sweep folder whose t1-s0 holds a run of another configuration
+    from gumbel_analysis.experiments.sweep import run_name
+
+    fx["sweep_other"] = root / "sweep_other"
+    run_folder(fx["sweep_other"] / run_name(1.0, 0), sig)
+
+    # ---- eval of a results file
+    (root / "results_deep.json").write_text(NESTED)
+    fx["results_deep"] = root / "results_deep.json"
+    (root / "results_text.json").write_text("hello")
+    fx["results_text"] = root / "results_text.json"
+    (root / "results_empty.json").write_text("[]")
+    fx["results_empty"] = root / "results_empty.json"
+    bad = json.loads(fx["results"].read_text())
+    bad[0]["score"] = math.inf
+    (root / "results_inf.json").write_text(json.dumps(bad))
+    fx["results_inf"] = root / "results_inf.json"
+    (root / "gt_deep.json").write_text('{"info": ' + NESTED + "}")  # a field read as it is
+    fx["gt_deep"] = root / "gt_deep.json"
+    fx["eval_out_run"] = run_folder(root / "eval_out_run", run)  # --out RUN: a finished run
+
+    # ---- train --resume
+    fx["resume_corrupt"] = run_folder(root / "resume" / "corrupt", run, "{not json", "-")
+    fx["resume_deep"] = run_folder(root / "resume" / "deep", run, '{"a": ' + NESTED + "}", "-")
+    fx["resume_list"] = run_folder(root / "resume" / "list", run, "[1]", "-")
+    foreign = root / "resume" / "foreign_ckpt"  # a gumbel run folder with a sigmoid run's last.pt
+    shutil.copytree(run, foreign)
+    shutil.copy(sig / "last.pt", foreign / "last.pt")
+    fx["resume_foreign_ckpt"] = foreign
+    garbage = root / "resume" / "garbage_ckpt"
+    shutil.copytree(run, garbage)
+    (garbage / "last.pt").write_bytes(b"\0" * 64)
+    fx["resume_garbage_ckpt"] = garbage
+    fx["resume_copy"] = root / "resume" / "copy"  # the options-differ cases, apart from run
+    shutil.copytree(run, fx["resume_copy"])
+    (root / "resume_base_lr.json").write_text('{"base_lr": 0.5}')
+    fx["resume_cfg"] = root / "resume_base_lr.json"
+
+    # ---- reproduce --only fig2: its two runs finished (config.json and metrics.json as a
+    # finished run leaves them) but without grads.h5
+    from gumbel_analysis.experiments import reproduce as rep
+    from gumbel_analysis.spec.config import TrainConfig, resolve
+
+    repro = root / "repro_fig2"
+    plan = rep.plan_reproduce(repro, ["fig2"], 1)  # makes repro/data, the benchmark
+    for planned in plan.runs:
+        config = resolve(TrainConfig.from_dict(planned.run.values)).to_dict()
+        run_folder(planned.run.path, run, json.dumps(config, indent=2), None)
+    again = rep.plan_reproduce(repro, ["fig2"], 1)
+    assert all(p.run.action == "skip" for p in again.runs), [p.run.action for p in again.runs]
+    fx["repro_fig2"] = repro
 
 
 # ----------------------------------------------------------------------------- cases
@@ -546,7 +736,201 @@ def cases(fx: dict[str, Path], work: Path) -> list[Case]:
     c.append(Case("make-data", ["make-data", str(fx["file"])]))
     c.append(Case("make-data", ["make-data", str(fx["run"])], watch=[fx["run"]]))
     c.append(Case("make-data", ["make-data", str(work / "no" / "parent")]))
+
+    # ---- train --resume: broken run folders, and options that differ from the saved ones
+    def resume(folder: Path, *args, note=""):
+        c.append(
+            Case(
+                "train",
+                ["train", "--resume", "--out", str(folder), "--no-progress", *args],
+                note=note,
+                watch=[folder],
+            )
+        )
+
+    resume(fx["resume_corrupt"], note="config.json not JSON, no checkpoint")
+    resume(fx["resume_deep"], note=f"config.json nested {DEEP} deep, no checkpoint")
+    resume(fx["resume_list"], note="config.json a list, no checkpoint")
+    resume(fx["resume_foreign_ckpt"], note="gumbel config.json, a sigmoid run's last.pt")
+    resume(fx["resume_garbage_ckpt"], note="last.pt not a checkpoint")
+    copy = fx["resume_copy"]
+    for args in (
+        ["--temperature", "0.5"],
+        ["--gumbel-mode", "paper"],
+        ["--activation", "sigmoid"],
+        ["--preset", "r50-fpn"],
+        ["--data", str(fx["data_wrong_size"])],
+        ["--enh"],
+        ["--schedule", "2x"],
+        ["--grad-every", "5"],
+        ["--no-grad-log"],
+        ["--score-threshold", "0.5"],
+        ["--max-dets", "10"],
+        ["--config", str(fx["resume_cfg"])],
+        ["--lr", "0.5", "--seed", "3", "--temperature", "2"],
+    ):
+        resume(copy, *args, note="differs from the saved config")
+
+    # ---- eval of a results file (RESULTS.json --gt ANN.json)
+    def evf(results, *args, expect="refuse", watch=(), note=""):
+        c.append(
+            Case(
+                "eval",
+                ["eval", str(results), *args, "--no-progress"],
+                expect,
+                note,
+                [fx["run"], *watch],
+            )
+        )
+
+    evf(work / "missing.json", "--gt", gt, note="results file missing")
+    evf(fx["results_text"], "--gt", gt, note="results not JSON")
+    evf(fx["results_trunc"], "--gt", gt, note="results truncated")
+    evf(fx["results_not_list"], "--gt", gt, note="results an object")
+    evf(fx["results_str_score"], "--gt", gt, note="a score a string")
+    evf(fx["results_bad_cat"], "--gt", gt, note="an unknown category")
+    evf(fx["results_nan"], "--gt", gt, note="a NaN score")
+    evf(fx["results_inf"], "--gt", gt, note="an inf score")
+    evf(fx["results_deep"], "--gt", gt, note=f"results nested {DEEP} deep")
+    evf(res, note="no --gt")
+    evf(res, "--gt", str(work / "missing.json"), note="--gt missing")
+    evf(res, "--gt", str(fx["empty_dir"]), note="--gt a folder")
+    evf(res, "--gt", str(fx["file"]), note="--gt not JSON")
+    evf(res, "--gt", str(fx["gt_deep"]), note=f"--gt nested {DEEP} deep")
+    evf(res, "--gt", str(fx["data_not_lvis"] / "annotations" / "lvis_v1_train.json"))
+    evf(
+        res,
+        *("--gt", gt, "--out", str(fx["eval_out_run"])),
+        watch=[fx["eval_out_run"]],
+        note="--out a run folder: its metrics.json",
+    )
+    evf(res, "--gt", gt, "--out", str(fx["file"]), note="--out a file")
+    for args in (
+        ["--score-threshold", "0.5"],
+        ["--workers", "2"],
+        ["--data", d],
+        ["--batch-size", "2"],
+        ["--iou-type", "keypoints"],
+        ["--evaluator", "coco"],
+        ["--max-dets", "0"],
+        ["--max-dets", "-1"],
+    ):
+        evf(res, "--gt", gt, *args)
+    # Shown as a table, not --json: APm and APl are null (undefined) on this data, not a finding.
+    evf(fx["results_huge"], "--gt", gt, expect="finite", note="scores 1.7e308")
+    evf(fx["results_empty"], "--gt", gt, expect="finite", note="no detection")
+
+    # ---- table
+    def tb(*args, expect="refuse", watch=(), timeout=None, note=""):
+        c.append(Case("table", ["table", *args], expect, note, [fx["run"], *watch], timeout))
+
+    tb(str(work / "missing"))
+    tb(str(fx["file"]))
+    tb(str(fx["empty_dir"]))
+    tb(run, str(work / "missing"))
+    for name in [k for k in fx if k.startswith("tbl_") and k not in TABLE_NOT_BAD]:
+        tb(str(fx[name]), watch=[fx[name]], note=name)
+    tb(str(fx["tbl_ap_nan"]), "--format", "csv", expect="finite", note="AP NaN")
+    for links in (1, 2):
+        top = fx[f"tbl_loop{links}"]
+        tb(
+            *(str(top), "--format", "csv"),
+            expect="finite",
+            watch=[top],
+            timeout=60,
+            note=f"{links} symlink(s) back to the top",
+        )
+    for args in (
+        ["--format", "html"],
+        ["--format", ""],
+        ["--digits", "-1"],
+        ["--digits", "9"],
+        ["--group-by", "bogus"],
+        ["--group-by", "loss", "bogus"],
+        ["--group-by"],
+        ["--baseline", str(work / "missing")],
+        ["--baseline", str(fx["file"])],
+        ["--baseline", str(fx["empty_dir"])],
+        ["--baseline", str(fx["tbl_unfinished"])],
+        ["--baseline", str(fx["tbl_two_configs"])],
+        ["--baseline", str(fx["tbl_bad_metrics"])],
+    ):
+        tb(run, *args)
+    tb(run, "--baseline", str(fx["tbl_other"]), expect="finite", note="baseline not among RUN")
+    tb(run, str(fx["tbl_other"]), "--format", "csv", expect="finite", note="two runs")
+
+    # ---- sweep: short runs, so that a case answered by training costs seconds
+    sw_out = str(work / "sweep")
+    sw = ["sweep", "--out", sw_out, "--data", d, *SHORT, *FAST]
+
+    def sweep(*args, note="", watch=()):
+        c.append(Case("sweep", [*sw, *args], note=note, watch=[fx["run"], *watch]))
+
+    for temps in (["0"], ["-1"], ["nan"], ["inf"], ["1.0", "1.0"], ["1", "1.0", "0.8"], ["x"]):
+        sweep("--temperature", *temps)
+    for args in (
+        ["--seeds", "0"],
+        ["--seeds", "-1"],
+        ["--seed", "-1"],
+        ["--device", "tpu"],
+        ["--loss", "sigmoid"],
+        ["--loss", "softmax"],
+        ["--loss", "eql", "--activation", "sigmoid"],
+        ["--loss", "gumbel", "--activation", "sigmoid"],
+        ["--loss", "nope"],
+        ["--activation", "nope"],
+        ["--plot", str(work / "fig.jpg")],
+        ["--plot", str(work / "fig")],
+        ["--plot", str(fx["empty_dir"])],
+        ["--plot", str(work / "missing" / "fig.png")],
+        ["--max-iters", "0"],
+        ["--batch-size", "0"],
+        ["--workers", "-1"],
+        ["--data", str(work / "missing")],
+        ["--data", str(fx["file"])],
+        ["--data", str(fx["data_not_lvis"])],
+    ):
+        sweep("-t", "1.0", *args)
+    if not CUDA:
+        sweep("-t", "1.0", "--device", "cuda", note="no CUDA: OUT must not be made")
+    for out_ in (fx["file"], Path(str(fx["file"]) + "/sub"), fx["sweep_other"]):
+        args = ["sweep", "--out", str(out_), "--data", d, *SHORT, *FAST, "-t", "1.0"]
+        c.append(Case("sweep", args, watch=[fx["sweep_other"]]))
+
+    # ---- reproduce: in a subprocess with a limit, since a case answered by training would
+    # train for minutes (no --max-iters)
+    rp = ["reproduce", "--out", str(work / "repro"), "--no-progress", "--quick"]
+
+    def repro(*args, base=rp, note="", watch=()):
+        c.append(Case("reproduce", [*base, *args], note=note, watch=[*watch], timeout=180))
+
+    for args in (
+        ["--only", "nope"],
+        ["--only", "table3,nope"],
+        ["--only", ""],
+        ["--only", ","],
+        ["--seeds", "0"],
+        ["--seeds", "-1"],
+        ["--seed", "-1"],
+        ["--device", "tpu"],
+        ["--workers", "-1"],
+        ["--checkpoint-every", "-1"],
+    ):
+        repro(*args)
+    if not CUDA:
+        repro("--device", "cuda", note="no CUDA: nothing may be written")
+    repro(base=["reproduce", "--out", str(fx["file"]), "--no-progress"], note="--out a file")
+    repro(
+        base=["reproduce", "--out", str(fx["repro_fig2"]), "--no-progress", "--only", "fig2"],
+        watch=[fx["repro_fig2"]],
+        note="fig2: its runs finished without grads.h5",
+    )
     return c
+
+
+#: Table fixtures that are not bad by themselves (used as --baseline or with a finite case).
+TABLE_NOT_BAD = {"tbl_ap_nan", "tbl_unfinished", "tbl_two_configs", "tbl_other"}
+TABLE_NOT_BAD |= {"tbl_loop1", "tbl_loop2"}
 
 
 # ----------------------------------------------------------------------------- running
@@ -575,6 +959,8 @@ def non_finite(value, parent=None, key=None) -> str | None:
 def judge(case: Case, result, before, after) -> str | None:
     """None if answered as promised, else why not."""
     err = result.stderr.strip()
+    if getattr(result, "hang", False):
+        return f"no answer in {case.timeout:g} s (killed)"
     tb = "Traceback" in result.output or "Traceback" in err or result.exception is not None
     if isinstance(result.exception, SystemExit):
         tb = "Traceback" in result.output
@@ -632,7 +1018,10 @@ def main() -> None:
         cwd = os.getcwd()
         os.chdir(work)
         try:
-            result = runner.invoke(app, case.args)
+            if case.timeout is not None:
+                result = run_subprocess(case, work)
+            else:
+                result = runner.invoke(app, case.args)
         finally:
             os.chdir(cwd)
         after = snapshot(watch)
@@ -641,6 +1030,8 @@ def main() -> None:
         shown = " ".join(a if len(a) < 40 else "…" + a[-30:] for a in case.args)
         if why is not None:
             first = (result.stderr.strip().splitlines() or [""])[-1][:160]
+            if not first and result.exception is not None:
+                first = repr(result.exception)[:160]  # uncaught: the exception, not its trace
             failures.append(f"NOT OK  {shown}  [{case.note}] -> {why}: {first}")
         elif args.verbose:
             print(f"ok      {shown} -> {result.stderr.strip()[:150]}")
