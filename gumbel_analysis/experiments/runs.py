@@ -10,7 +10,9 @@ This module imports neither torch nor the engine, so ``gumbel table`` starts fas
 from __future__ import annotations
 
 import json
+import math
 import os
+import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -115,14 +117,41 @@ def _last_logged_iteration(path: Path) -> int | None:
         return None  # a detail for the reader only; the status does not depend on it
 
 
+#: The keys of metrics.json that hold an AP (``AP``, ``APr``, ``APb``, ``bbox/AP50``, ...): what
+#: ``gumbel table`` and ``gumbel reproduce`` read. The evaluator writes each as a number, or null
+#: where LVIS leaves it undefined (no ground truth in that group).
+METRIC_KEY = re.compile(r"(bbox/)?AP\w*")
+
+
 def _read_json_object(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+    except RecursionError:
+        raise InputError(f"{path} is not valid JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as err:  # JSONDecodeError, an int over 4300 digits
         raise InputError(f"{path} is not valid JSON: {err}") from None
+    except OSError as err:
+        raise InputError(f"cannot read {path}: {err.strerror}") from None
     if not isinstance(data, dict):
         raise InputError(f"{path} does not hold a JSON object")
     return data
+
+
+def check_metrics(path: Path, metrics: dict[str, Any]) -> dict[str, Any]:
+    """``metrics`` (read from ``path``) with every AP (see :data:`METRIC_KEY`) a finite number or
+    null, else an InputError naming the file and the key: a string, list, boolean, NaN or
+    infinity would otherwise show the run as finished with a blank AP, or drop its seed."""
+    for key, value in metrics.items():
+        if not METRIC_KEY.fullmatch(key) or value is None:
+            continue
+        number = isinstance(value, int | float) and not isinstance(value, bool)
+        if not number or not math.isfinite(value):
+            shown = json.dumps(value)
+            shown = shown if len(shown) <= 40 else shown[:37] + "..."
+            raise InputError(
+                f"{path}: {key} is {shown}; a metric is a finite number or null (undefined)"
+            )
+    return metrics
 
 
 def read_run(path: str | os.PathLike) -> Run:
@@ -132,7 +161,9 @@ def read_run(path: str | os.PathLike) -> Run:
         raise InputError(f"not a run folder (no {CONFIG}): {path}")
     config = _read_json_object(path / CONFIG)
     status, detail = run_status(path)
-    metrics = _read_json_object(path / METRICS) if status == FINISHED else None
+    metrics = None
+    if status == FINISHED:
+        metrics = check_metrics(path / METRICS, _read_json_object(path / METRICS))
     return Run(path, config, metrics, status, detail)
 
 
@@ -158,15 +189,26 @@ def find_runs(paths: Iterable[str | os.PathLike], option: str = "RUN") -> list[P
     return found
 
 
-def _runs_below(folder: Path) -> list[Path]:
+def _runs_below(folder: Path, seen: set[Path] | None = None) -> list[Path]:
+    """Run folders below ``folder``, in name order. Each real folder is walked once (``seen``
+    holds the resolved ones), so links back to a parent folder neither loop nor multiply."""
+    seen = {folder.resolve()} if seen is None else seen
     out: list[Path] = []
-    for child in sorted(folder.iterdir()):
+    try:
+        children = sorted(folder.iterdir())
+    except OSError as err:
+        raise InputError(f"cannot read folder {folder}: {err.strerror}") from None
+    for child in children:
         if child.name.startswith(".") or not child.is_dir():
             continue
+        real = child.resolve()
+        if real in seen:
+            continue
+        seen.add(real)
         if is_run_folder(child):
             out.append(child)  # a run folder's own subfolders are not searched
         else:
-            out.extend(_runs_below(child))
+            out.extend(_runs_below(child, seen))
     return out
 
 
