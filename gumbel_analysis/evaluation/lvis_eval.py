@@ -177,6 +177,8 @@ def load_ground_truth(source: str | os.PathLike | dict, name: str | None = None)
         raise InputError(f"{name} is not an LVIS annotation file: {err}") from None
     except msgspec.DecodeError as err:
         raise InputError(f"{name} is not valid JSON (truncated?): {err}") from None
+    except RecursionError:
+        raise InputError(f"{name} is not valid JSON: nested too deeply") from None
     del data
     images = sorted(lvis.images, key=lambda im: im.id)
     image_ids = np.array([im.id for im in images], dtype=np.int64)

@@ -15,12 +15,21 @@ by ``, {``; a cut that is not between two detections (inside a string or a neste
 the first piece unbalanced, so it fails to decode, and the whole file is then decoded at once.
 Anything msgspec refuses is decoded again by ``json`` (which also reads ``NaN``) and checked entry
 by entry, so that the message names the entry and says what is wrong with it.
+
+Memory stays small on input that is not a list of detections: the file's first bytes must open a
+list whose first item is an object (else it is refused before the rest is read, so a 2 GiB file
+of zeros costs a few kilobytes); a stretch of ``_MAX_DETECTION_BYTES`` without a boundary between
+detections sends the file to the whole-file decoding, which maps a large file rather than reading
+it; and above ``_JSON_CHECK_BYTES`` the message is msgspec's (naming the entry), not ``json``'s,
+which would build the whole file as Python objects. JSON nested deeper than the decoders go
+(msgspec and ``json`` raise RecursionError, even inside an extra key) is refused in one line.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import mmap
 import os
 import re
 from collections.abc import Callable
@@ -35,6 +44,15 @@ from gumbel_analysis.errors import InputError
 
 _PIECE_BYTES = 64 << 20
 _WINDOW_BYTES = 1 << 20
+#: A detection (its mask's RLE included) is far smaller: no boundary in this many bytes and the
+#: file is decoded whole.
+_MAX_DETECTION_BYTES = 64 << 20
+#: Data up to this size that msgspec refuses is decoded by ``json`` for a precise message.
+_JSON_CHECK_BYTES = 128 << 20
+#: The bytes read to check that the file opens a list of objects.
+_HEAD_BYTES = 64 << 10
+_BOM = b"\xef\xbb\xbf"
+_VALUE_START = b'{["-0123456789tfnN'
 _BOUNDARY = re.compile(rb"\}\s*,\s*\{")
 
 
@@ -118,7 +136,17 @@ def read_results(
     path = Path(path)
     if not path.is_file():
         raise InputError(f"results file not found: {path}")
+    try:
+        return _read(path, geometry, progress)
+    except RecursionError:
+        raise InputError(f"results file {path} is not valid JSON: nested too deeply") from None
+    except OSError as err:
+        raise InputError(f"cannot read results file {path}: {err.strerror}") from None
+
+
+def _read(path: Path, geometry: bool, progress: Callable[[int], None] | None) -> Detections:
     reader = _Reader(path, geometry)
+    _check_head(path, reader)
     try:
         ranges = _piece_ranges(path)
     except _UnchunkableError:
@@ -140,11 +168,15 @@ def read_results(
             reader = _Reader(path, geometry)
     data = _read_whole(path)
     try:
-        reader.add_piece(data, whole=True)
-    except _UnchunkableError:
-        _raise_json_error(path, data)
-    if progress is not None:
-        progress(len(data))
+        try:
+            reader.add_piece(data, whole=True)
+        except _UnchunkableError:
+            _raise_json_error(path, data)
+        if progress is not None:
+            progress(len(data))
+    finally:
+        if isinstance(data, mmap.mmap):
+            data.close()
     return reader.finish()
 
 
@@ -159,13 +191,58 @@ def results_from_entries(entries: list, geometry: bool = True) -> Detections:
     except (TypeError, ValueError, OverflowError, msgspec.MsgspecError):
         # the original entries, not a JSON round trip (which writes NaN as null), are checked
         typed = [reader._check(e, i) for i, e in enumerate(entries)]
+    except RecursionError:
+        raise InputError("results are nested too deeply to be LVIS result entries") from None
     if typed:
         reader.parts.append(reader._columns(typed))
     return reader.finish()
 
 
-def _read_whole(path: Path) -> bytes:
-    return path.read_bytes()
+def _read_whole(path: Path) -> bytes | mmap.mmap:
+    """The file's bytes; a large file mapped, not read (msgspec decodes a buffer in place)."""
+    if path.stat().st_size <= _JSON_CHECK_BYTES:
+        return path.read_bytes()
+    with path.open("rb") as f:
+        return mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+
+
+def _check_head(path: Path, reader: _Reader) -> None:
+    """Refuse, from its first bytes, a file that does not open a list of objects (``[`` then
+    ``{`` or ``]``), before any more of it is read."""
+    with path.open("rb") as f:
+        head = f.read(_HEAD_BYTES)
+    full = len(head) < _HEAD_BYTES  # the whole file
+    text = head.removeprefix(_BOM).lstrip()
+    if not text:
+        if full:
+            raise InputError(f"results file {path} is not valid JSON (truncated?): it is empty")
+        return  # 64 KiB of white space: the readers word it
+    first = text[:1]
+    if first != b"[":
+        if first in _VALUE_START:
+            raise _not_a_list(path)
+        raise InputError(f"results file {path} is not valid JSON: it starts with {_byte(first)}")
+    item = text[1:].lstrip()[:1]
+    if item in (b"{", b"]") or (not item and not full):
+        return
+    if not item:
+        raise InputError(f"results file {path} is not valid JSON (truncated?): no closing ]")
+    if item in _VALUE_START:
+        raise reader.error(0, "is not an object {image_id, category_id, score, ...}")
+    raise InputError(f"results file {path} is not valid JSON: its list starts with {_byte(item)}")
+
+
+def _byte(char: bytes) -> str:
+    if char.isascii() and char.decode().isprintable():
+        return repr(char.decode())
+    return f"byte 0x{char[0]:02x}"
+
+
+def _not_a_list(path: Path) -> InputError:
+    return InputError(
+        f"results file {path} is not a list of detections (LVIS results format: "
+        "[{image_id, category_id, score, bbox or segmentation}, ...])"
+    )
 
 
 class _UnchunkableError(Exception):
@@ -198,6 +275,8 @@ def _piece_ranges(path: Path) -> list[tuple[int, int]]:
             found = _BOUNDARY.search(window)
             if found is None:
                 at += max(len(window) - 64, 1)  # overlap: a boundary may straddle windows
+                if at - begin > _PIECE_BYTES + _MAX_DETECTION_BYTES and at < end:
+                    raise _UnchunkableError  # no detection is this long: not a list of them
                 continue
             cut = at + found.start() + 1
             if cut >= end:
@@ -209,7 +288,7 @@ def _piece_ranges(path: Path) -> list[tuple[int, int]]:
     return ranges
 
 
-def _raise_json_error(path: Path, data: bytes) -> None:
+def _raise_json_error(path: Path, data: bytes | mmap.mmap) -> None:
     try:
         value = json.loads(data)
     except json.JSONDecodeError as err:
@@ -219,10 +298,7 @@ def _raise_json_error(path: Path, data: bytes) -> None:
     except UnicodeDecodeError:
         raise InputError(f"results file {path} is not a text JSON file") from None
     if not isinstance(value, list):
-        raise InputError(
-            f"results file {path} is not a list of detections (LVIS results format: "
-            "[{image_id, category_id, score, bbox or segmentation}, ...])"
-        )
+        raise _not_a_list(path)
     raise AssertionError("a list the reader could not decode")  # pragma: no cover
 
 
@@ -242,11 +318,22 @@ class _Reader:
         kind = _GeometryEntry if self.geometry else _Entry
         try:
             entries = msgspec.json.decode(data, type=list[kind])
-        except (msgspec.ValidationError, msgspec.DecodeError):
+        except (msgspec.ValidationError, msgspec.DecodeError) as err:
+            if whole and len(data) > _JSON_CHECK_BYTES:
+                raise self._decode_error(err) from None
             entries = self._slow(data, whole)
         if entries:
             self.parts.append(self._columns(entries))
         self.count += len(entries)
+
+    def _decode_error(self, err: msgspec.MsgspecError) -> InputError:
+        """msgspec's own message on a large file, naming the entry where it names one."""
+        found = re.search(r"at `\$\[(\d+)\]", str(err))
+        if isinstance(err, msgspec.ValidationError) and found:
+            return self.error(int(found.group(1)), f"is refused: {err}")
+        if isinstance(err, msgspec.ValidationError):
+            return _not_a_list(self.path)
+        return InputError(f"results file {self.path} is not valid JSON (truncated?): {err}")
 
     def _slow(self, data: bytes, whole: bool) -> list:
         """``json`` decoding and a check of each entry: says which entry is wrong and how."""
