@@ -120,6 +120,12 @@ def evaluate(
         for name, value in (("--score-threshold", score_threshold), ("--workers", workers)):
             if value is not None:
                 raise InputError(f"{name} is for a run; a results file is evaluated as it is")
+        if out is not None and RunLayout(out).config.is_file():
+            raise InputError(
+                f"--out {out} is a run folder (it holds {RunLayout(out).config.name}): its "
+                f"{RunLayout(out).metrics.name} would be replaced by {source.name}'s metrics; "
+                "use another folder"
+            )
         max_dets = Recipe.max_dets if max_dets is None else max_dets
         _evaluate_file(source, gt, iou_types, evaluator, max_dets, out, progress, as_json)
         return

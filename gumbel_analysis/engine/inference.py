@@ -31,7 +31,12 @@ from gumbel_analysis.engine.distributed import DistInfo, cleanup, init_distribut
 from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results
 from gumbel_analysis.engine.setup import data_paths, make_loss, pick_device
 from gumbel_analysis.errors import InputError
-from gumbel_analysis.io import atomic_path, check_writable_folder, write_text_atomic
+from gumbel_analysis.io import (
+    atomic_path,
+    check_writable_folder,
+    remove_leftovers,
+    write_text_atomic,
+)
 from gumbel_analysis.model import build_model
 from gumbel_analysis.spec.config import TrainConfig, check_fields, recipe_values
 from gumbel_analysis.spec.layout import RunLayout
@@ -154,6 +159,27 @@ def write_part(path: Path, per_batch: Iterator[list[list[dict]]]) -> int:
     return count
 
 
+def remove_own_leftovers(results: Path) -> list[Path]:
+    """What a killed evaluation writing ``results`` left beside it, and nothing else: the ranks'
+    parts (``results.rankK.part.jsonl``, any K) and the temporary files of the atomic writes of
+    the parts and of ``results`` (``.results.rankK.part.jsonl.XXXXXXXX.tmp.jsonl``, ...)."""
+    results = Path(results)
+    if not results.parent.is_dir():
+        return []
+    rank_of = re.compile(rf"\.?{re.escape(results.stem)}\.rank(\d+)\.part\.jsonl(\..+)?")
+    ranks = sorted(
+        {int(m.group(1)) for c in results.parent.iterdir() if (m := rank_of.fullmatch(c.name))}
+    )
+    removed = remove_leftovers(results)
+    for rank in ranks:
+        part = part_path(results, rank)
+        removed += remove_leftovers(part)
+        if part.is_file() and not part.is_symlink():
+            part.unlink()
+            removed.append(part)
+    return removed
+
+
 def merge_parts(
     results: Path, num_images: int, batch_size: int, world_size: int, remove: bool = True
 ) -> None:
@@ -239,6 +265,9 @@ def predict_and_evaluate(
         batch_size=batch_size, score_threshold=score_threshold, max_dets=max_dets, workers=workers
     )
     results = Path(results)
+    if dist.is_main:  # a killed evaluation's parts and temporary files, before any rank writes
+        remove_own_leftovers(results)
+    _agree(True, dist)
     _same_model_everywhere(model, dist)
     batches = shard_batches(len(dataset), batch_size, dist.world_size, dist.rank)
     part = part_path(results, dist.rank)
@@ -282,6 +311,8 @@ def evaluate_run(
     dist = dist or DistInfo()
     outputs = outputs or OutputPaths(run.results, run.metrics)
     settings = prediction_settings(cfg)
+    if dist.is_main:
+        remove_leftovers(outputs.metrics)  # a killed write's temporary file
     metrics = predict_and_evaluate(
         model,
         val_set,
@@ -326,13 +357,51 @@ def output_paths(run: RunLayout, own_data: str, data: str | None, out: Path | No
     """``out/results.json`` and ``out/metrics.json`` when ``out`` is given; else the run's own
     files when the data is the run's own, else ``results.<data>.json`` / ``metrics.<data>.json``
     beside them (``<data>`` the data folder's name), so a run's own files are never replaced."""
+    own = data is None or Path(data).resolve() == Path(own_data).resolve()
     if out is not None:
         layout = RunLayout(Path(out))
+        if layout.config.is_file():  # a run folder: its metrics would become another's
+            same = layout.root.resolve() == run.root.resolve()
+            if not same:
+                raise InputError(
+                    f"--out {out} is another run folder (it holds {layout.config.name}): its "
+                    f"{layout.results.name} and {layout.metrics.name} would be replaced by "
+                    f"those of {run.root}; use another folder"
+                )
+            if not own:
+                raise InputError(
+                    f"--out {out} is the run folder itself: its own {layout.results.name} and "
+                    f"{layout.metrics.name} would be replaced by those of other --data; leave "
+                    "--out out (results.<data>.json) or use another folder"
+                )
         return OutputPaths(layout.results, layout.metrics)
-    if data is None or Path(data).resolve() == Path(own_data).resolve():
+    if own:
         return OutputPaths(run.results, run.metrics)
     name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name) or "data"
     return OutputPaths(run.results_for(name), run.metrics_for(name))
+
+
+#: The weight whose first dimension is the model's number of classes C (one mask per class).
+_CLASS_WEIGHT = "roi_heads.mask_predictor.mask_fcn_logits.weight"
+
+
+def _check_classes(
+    model_state: dict, path: Path, train_data: dict, val_set: LVISDetection, data: str
+) -> None:
+    """The data's categories are the ones the checkpoint's model was trained on (their number;
+    train and val the same ids), before the state is loaded: other data is named as such, not
+    taken for a checkpoint that does not fit its configuration."""
+    train_ids = sorted(int(c["id"]) for c in train_data["categories"])
+    if list(val_set.category_ids) != train_ids:
+        raise InputError(
+            f"data {data}: the train and val annotation files have different categories"
+        )
+    weight = model_state.get(_CLASS_WEIGHT) if isinstance(model_state, dict) else None
+    if weight is not None and getattr(weight, "ndim", 0) >= 1 and len(weight) != len(train_ids):
+        raise InputError(
+            f"the classes of data {data} differ from the run's: {len(train_ids)} categories, "
+            f"the model of {path} was trained on {len(weight)}"
+        )
 
 
 def evaluate_checkpoint(
@@ -393,6 +462,7 @@ def evaluate_checkpoint(
         # The loss needs only the training classes' frequencies: no training images are touched.
         train_data = lvis_io.load_lvis_json(paths.train_ann)
         val_set = LVISDetection(paths.val_ann, paths.image_root, train=False)
+        _check_classes(state["model"], path, train_data, val_set, data or cfg.data)
         loss = make_loss(
             cfg, lvis_io.class_frequency(train_data), lvis_io.frequency_groups(train_data)
         )
