@@ -18,9 +18,10 @@ from gumbel_analysis.cli.common import (
     print_json,
     reports_input_errors,
 )
+from gumbel_analysis.cli.training_options import field_option
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.io import check_writable_folder, write_text_atomic
-from gumbel_analysis.spec.config import check_fields
+from gumbel_analysis.spec.config import FIELD_OPTIONS, check_fields
 from gumbel_analysis.spec.layout import RunLayout
 from gumbel_analysis.spec.presets import Recipe
 
@@ -80,7 +81,7 @@ def evaluate(
             "results file: nothing written.",
         ),
     ] = None,
-    device: Annotated[str, typer.Option(help="Runs: cpu, cuda or auto.")] = "auto",
+    device: field_option("device", "Runs: " + FIELD_OPTIONS["device"].help) = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Runs: images per batch (per process).")
     ] = None,
@@ -112,12 +113,23 @@ def evaluate(
         raise InputError(f"--evaluator must be fast or lvis, got {evaluator!r}")
     # The run's options, checked as gumbel train checks them.
     check_fields(
-        max_dets=max_dets, score_threshold=score_threshold, workers=workers, batch_size=batch_size
+        max_dets=max_dets,
+        score_threshold=score_threshold,
+        workers=workers,
+        batch_size=batch_size,
+        device=device,
     )
     if out is not None:
         check_writable_folder(out, "--out folder")
     if source.is_file() and source.suffix.lower() in _RESULTS_SUFFIXES:
-        for name, value in (("--score-threshold", score_threshold), ("--workers", workers)):
+        run_only = {
+            "--score-threshold": score_threshold,
+            "--workers": workers,
+            "--batch-size": batch_size,
+            "--data": data,
+            "--device": device,
+        }
+        for name, value in run_only.items():
             if value is not None:
                 raise InputError(f"{name} is for a run; a results file is evaluated as it is")
         if out is not None and RunLayout(out).config.is_file():
@@ -140,7 +152,7 @@ def evaluate(
     metrics, paths = evaluate_checkpoint(
         source,
         data=str(data) if data is not None else None,
-        device=device,
+        device=device or "auto",
         batch_size=batch_size,
         workers=workers,
         score_threshold=score_threshold,

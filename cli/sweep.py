@@ -123,6 +123,7 @@ def sweep(
 
     plan = lib.plan_sweep(base, temperatures, seeds, seed, out)
 
+    made_out = not out.exists()
     out.mkdir(parents=True, exist_ok=True)
     remove_leftovers(figure)  # of a sweep killed while it drew the figure
     quiet = as_json or not progress
@@ -133,7 +134,13 @@ def sweep(
         err_console.rule(f"run {i}/{n}: {item.name} (σ = {item.temperature:g}, seed {item.seed})")
         err_console.print(item.describe_action(), markup=False)
 
-    lib.run_sweep(plan, progress=not quiet, console=err_console, announce=announce)
+    try:
+        lib.run_sweep(plan, progress=not quiet, console=err_console, announce=announce)
+    except InputError:
+        # Refused by the first run (data that only its training reads): leave no empty OUT.
+        if made_out and out.is_dir() and not any(out.iterdir()):
+            out.rmdir()
+        raise
     table = lib.sweep_table(plan)
     points = lib.figure_points(table)
     result = lib.SweepResult(out, plan, table, None, points)

@@ -205,3 +205,30 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(data_dir, small_d
         "error: "
     )
     assert torch.load(RunLayout(disk / "run").last, weights_only=False)["iteration"] == 2
+
+
+def test_eval_refuses_a_device_it_does_not_know(run_dir):  # noqa: F811
+    """It used to reach torch.device and end in a traceback."""
+    refused(
+        ["eval", run_dir, "--device", "tpu"], "--device must be cpu, cuda, cuda:N or auto", run_dir
+    )
+
+
+@pytest.mark.parametrize(
+    ("option", "value"), [("--data", "."), ("--batch-size", "2"), ("--device", "cpu")]
+)
+def test_eval_of_a_results_file_refuses_the_options_of_a_run(run_dir, data_dir, option, value):  # noqa: F811
+    """They were silently ignored, where --score-threshold and --workers were refused."""
+    gt = data_dir / "annotations" / "lvis_v1_val.json"
+    args = ["eval", RunLayout(run_dir).results, "--gt", gt, option, value]
+    refused(args, f"{option} is for a run; a results file is evaluated as it is", run_dir)
+
+
+def test_sweep_on_data_that_is_not_lvis_leaves_no_out_folder(tmp_path, data_dir):  # noqa: F811
+    """The data is first read by the first run: its refusal used to leave an empty OUT."""
+    bad = shutil.copytree(data_dir, tmp_path / "bad")
+    (bad / "annotations" / "lvis_v1_train.json").write_text('{"x": 1}')
+    out = tmp_path / "sweep"
+    args = ["sweep", "--out", out, "--data", bad, "-t", "1", "--max-iters", "1", *FAST]
+    refused(args, "is not LVIS", tmp_path)
+    assert not out.exists()

@@ -424,6 +424,7 @@ def evaluate_checkpoint(
     ``batch_size``, ``workers``, ``score_threshold`` and ``max_dets`` default to the run's
     configuration. Under torchrun every process predicts its share of the images (see the module
     docstring); the metrics come back on rank 0, None on the others."""
+    check_fields(device=device)
     overrides = check_fields(
         batch_size=batch_size, workers=workers, score_threshold=score_threshold, max_dets=max_dets
     )
