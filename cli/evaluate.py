@@ -77,8 +77,9 @@ def evaluate(
         typer.Option(
             "--out",
             help="Folder for metrics.json (and a model's results.json). Default for a run: "
-            "beside the checkpoint (results.<data>.json when --data is other data); for a "
-            "results file: nothing written.",
+            "beside the checkpoint (results.<variant>.json when --data, --score-threshold, "
+            "--max-dets or --iou-type differ from the run's); for a results file: nothing "
+            "written.",
         ),
     ] = None,
     device: field_option("device", "Runs: " + FIELD_OPTIONS["device"].help) = None,
@@ -100,8 +101,9 @@ def evaluate(
     as detectron2 evaluates LVIS. The numbers are lvis-api 0.5.3's (--evaluator lvis runs it).
 
     A run folder or checkpoint is first run over its val set (or --data's): results.json and
-    metrics.json are written beside the checkpoint; with other --data their names carry the data
-    folder's name (results.<data>.json), so the run's own files are never replaced. Under
+    metrics.json are written beside the checkpoint; with other --data, score threshold, maximum
+    detections or IoU types their names say so (results.<data>.json, results.score0.05.json,
+    results.dets100-bbox.json), so the run's own files are never replaced. Under
     torchrun (torchrun --nproc-per-node N -m gumbel_analysis eval RUN) each process predicts its
     share of the images and the first merges the results and evaluates them.
     """

@@ -137,14 +137,14 @@ def test_other_data_never_replaces_the_runs_own_files(tmp_path):
     from gumbel_analysis.engine.inference import output_paths
 
     run = RunLayout(tmp_path / "run")
-    own = output_paths(run, "data/lvis", None, None)
+    own = output_paths(run, _variant(None), None)
     assert own.results == run.results and own.metrics == run.metrics
-    assert output_paths(run, "data/lvis", "data/lvis/", None) == own
-    other = output_paths(run, "data/lvis", "data/other set", None)
+    assert output_paths(run, _variant("data/lvis/"), None) == own
+    other = output_paths(run, _variant("data/other set"), None)
     assert other.results.name == "results.other_set.json"
     assert other.metrics.name == "metrics.other_set.json"
     assert other.results.parent == run.root
-    out = output_paths(run, "data/lvis", "data/other", Path("elsewhere"))
+    out = output_paths(run, _variant("data/other"), Path("elsewhere"))
     assert out.results == Path("elsewhere/results.json")
 
 
@@ -159,3 +159,11 @@ def test_a_read_only_output_folder_is_refused_before_inference(tmp_path):
     folder.chmod(0o555)
     with pytest.raises(InputError, match="not writable"):
         check_writable_folder(folder)
+
+
+def _variant(data):
+    """The evaluation's variant for a run trained on ``data/lvis``, evaluated on ``data``."""
+    from gumbel_analysis.engine.inference import variant_name
+    from gumbel_analysis.spec.config import TrainConfig
+
+    return variant_name(TrainConfig(data="data/lvis"), data, {})

@@ -66,10 +66,10 @@ def test_eval_of_a_run_never_writes_into_another_run(tmp_path):
     run = RunLayout(make_run(tmp_path, "run", metrics=ap([1, 1, 1, 1, 1])))
     other = make_run(tmp_path, "other", metrics=ap([2, 2, 2, 2, 2]))
     with pytest.raises(InputError, match=r"--out .*other is another run folder"):
-        output_paths(run, "data/lvis", None, other)
+        output_paths(run, _variant(None), other)
     with pytest.raises(InputError, match=r"is the run folder itself.*other --data"):
-        output_paths(run, "data/lvis", "data/elsewhere", run.root)
-    same = output_paths(run, "data/lvis", None, run.root)  # its own data: its own files
+        output_paths(run, _variant("data/elsewhere"), run.root)
+    same = output_paths(run, _variant(None), run.root)  # its own data: its own files
     assert same.results == run.results and same.metrics == run.metrics
 
 
@@ -258,3 +258,11 @@ def test_eval_of_a_killed_evaluations_run_folder_cleans_it(cwd, run_dir, tmp_pat
     assert not any(p.exists() for p in made)
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
     assert json.loads((run / "metrics.json").read_text())["AP"] is not None
+
+
+def _variant(data):
+    """The evaluation's variant for a run trained on ``data/lvis``, evaluated on ``data``."""
+    from gumbel_analysis.engine.inference import variant_name
+    from gumbel_analysis.spec.config import TrainConfig
+
+    return variant_name(TrainConfig(data="data/lvis"), data, {})

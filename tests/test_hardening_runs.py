@@ -232,3 +232,29 @@ def test_sweep_on_data_that_is_not_lvis_leaves_no_out_folder(tmp_path, data_dir)
     args = ["sweep", "--out", out, "--data", bad, "-t", "1", "--max-iters", "1", *FAST]
     refused(args, "is not LVIS", tmp_path)
     assert not out.exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "variant"),
+    [
+        (["--score-threshold", "0.05"], "score0.05"),
+        (["--max-dets", "10", "--iou-type", "bbox"], "dets10-bbox"),
+    ],
+)
+def test_eval_with_other_settings_never_replaces_the_runs_own_metrics(
+    tmp_path,
+    run_dir,  # noqa: F811
+    args,
+    variant,
+):
+    """``gumbel table`` reads metrics.json as the run's: an evaluation at another score
+    threshold, cut or with boxes only used to replace it."""
+    run = RunLayout(_copy(run_dir, tmp_path))
+    own = {p: p.read_bytes() for p in (run.results, run.metrics)}
+    result = runner.invoke(app, ["eval", str(run.root), *args, *FAST, "--json"])
+    assert result.exit_code == 0, result.output
+    assert {p: p.read_bytes() for p in own} == own
+    assert run.metrics_for(variant).is_file() and run.results_for(variant).is_file()
+    settings = json.loads(run.metrics_for(variant).read_text())
+    assert settings["score_threshold"] == (0.05 if variant == "score0.05" else 1e-4)
+    refused(["eval", run.root, *args, "--out", run.root], "is the run folder itself", run.root)

@@ -353,32 +353,53 @@ class OutputPaths:
     metrics: Path
 
 
-def output_paths(run: RunLayout, own_data: str, data: str | None, out: Path | None) -> OutputPaths:
+def variant_name(
+    cfg: TrainConfig,
+    data: str | None,
+    overrides: dict[str, Any],
+    iou_types: Sequence[str] | None = None,
+) -> str | None:
+    """What makes an evaluation of a run another than the run's own, as a file-name part
+    (``other_set``, ``score0.05-dets100``, ``bbox``), or None: its own data, score threshold and
+    detections per image, masks and boxes. Only the run's own evaluation may write its
+    ``results.json`` and ``metrics.json``, which ``gumbel table`` reads as the run's."""
+    parts = []
+    if data is not None and Path(data).resolve() != Path(cfg.data or "").resolve():
+        parts.append(re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name) or "data")
+    own = recipe_values(cfg, ("score_threshold", "max_dets"))
+    for name, tag in (("score_threshold", "score"), ("max_dets", "dets")):
+        if name in overrides and overrides[name] != own[name]:
+            parts.append(f"{tag}{overrides[name]:g}")
+    if iou_types is not None and set(iou_types) != {"segm", "bbox"}:
+        parts.append("+".join(sorted(set(iou_types))))
+    return "-".join(parts) or None
+
+
+def output_paths(run: RunLayout, variant: str | None, out: Path | None) -> OutputPaths:
     """``out/results.json`` and ``out/metrics.json`` when ``out`` is given; else the run's own
-    files when the data is the run's own, else ``results.<data>.json`` / ``metrics.<data>.json``
-    beside them (``<data>`` the data folder's name), so a run's own files are never replaced."""
-    own = data is None or Path(data).resolve() == Path(own_data).resolve()
+    files for its own evaluation (``variant`` None), else ``results.<variant>.json`` and
+    ``metrics.<variant>.json`` beside them (see :func:`variant_name`): a run's own files are
+    never replaced by another evaluation's."""
     if out is not None:
         layout = RunLayout(Path(out))
         if layout.config.is_file():  # a run folder: its metrics would become another's
-            same = layout.root.resolve() == run.root.resolve()
-            if not same:
+            if layout.root.resolve() != run.root.resolve():
                 raise InputError(
                     f"--out {out} is another run folder (it holds {layout.config.name}): its "
                     f"{layout.results.name} and {layout.metrics.name} would be replaced by "
                     f"those of {run.root}; use another folder"
                 )
-            if not own:
+            if variant is not None:
                 raise InputError(
                     f"--out {out} is the run folder itself: its own {layout.results.name} and "
-                    f"{layout.metrics.name} would be replaced by those of other --data; leave "
-                    "--out out (results.<data>.json) or use another folder"
+                    f"{layout.metrics.name} would be replaced by those of other --data or "
+                    f"settings ({variant}); leave --out out (results.{variant}.json) or use "
+                    "another folder"
                 )
         return OutputPaths(layout.results, layout.metrics)
-    if own:
+    if variant is None:
         return OutputPaths(run.results, run.metrics)
-    name = re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name) or "data"
-    return OutputPaths(run.results_for(name), run.metrics_for(name))
+    return OutputPaths(run.results_for(variant), run.metrics_for(variant))
 
 
 #: The weight whose first dimension is the model's number of classes C (one mask per class).
@@ -442,7 +463,8 @@ def evaluate_checkpoint(
     if "config" not in state or "model" not in state:
         raise InputError(f"{path} holds no model and configuration")
     cfg = TrainConfig.from_dict(state["config"])
-    outputs = output_paths(run, cfg.data, data, Path(out) if out is not None else None)
+    variant = variant_name(cfg, data, overrides, evaluate_options.get("iou_types"))
+    outputs = output_paths(run, variant, Path(out) if out is not None else None)
     check_writable_folder(outputs.results.parent)
     cfg = cfg.replace(**overrides, **({"data": data} if data is not None else {}))
     dev = pick_device(device)
