@@ -72,8 +72,8 @@ class MetricsWriter(HookBase):
 def _iteration(line: str) -> int | None:
     try:
         return int(json.loads(line)["iteration"])
-    except (ValueError, KeyError, TypeError):
-        return None  # a line cut by a kill: drop it
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None  # a line cut by a kill (or not one of ours): drop it
 
 
 class Checkpointer(HookBase):

@@ -258,3 +258,31 @@ def test_eval_with_other_settings_never_replaces_the_runs_own_metrics(
     settings = json.loads(run.metrics_for(variant).read_text())
     assert settings["score_threshold"] == (0.05 if variant == "score0.05" else 1e-4)
     refused(["eval", run.root, *args, "--out", run.root], "is the run folder itself", run.root)
+
+
+DEEP = "[" * 100_000 + "]" * 100_000
+
+
+def test_deep_json_in_the_data_or_a_runs_log_is_no_traceback(tmp_path, data_dir, run_dir):  # noqa: F811
+    """Readers that json.loads a file raised RecursionError on JSON nested 100,000 deep."""
+    bad = shutil.copytree(data_dir, tmp_path / "bad")
+    (bad / "annotations" / "lvis_v1_train.json").write_text(DEEP)
+    out = tmp_path / "run"
+    refused(["train", "--data", bad, "--out", out, *FAST], "is nested too deeply", tmp_path)
+    # An unfinished run whose metrics.jsonl ends in such a line: gumbel table still lists it.
+    run = _copy(run_dir, tmp_path)
+    RunLayout(run).metrics.unlink()
+    RunLayout(run).final.unlink()
+    with RunLayout(run).metrics_log.open("a") as f:
+        f.write(DEEP + "\n")
+    result = runner.invoke(app, ["table", str(run), "--format", "csv"])
+    assert result.exit_code == 0, result.output
+    assert "unfinished" in result.output
+    from gumbel_analysis.experiments.runs import read_run
+
+    assert read_run(run).detail == "no iteration logged"
+    assert reproduce.read_timings(tmp_path) == {}
+    (tmp_path / reproduce.TIMINGS).write_text(DEEP)
+    assert reproduce.read_timings(tmp_path) == {}
+    (tmp_path / reproduce.TIMINGS).write_text("[1, 2]")
+    assert reproduce.read_timings(tmp_path) == {}

@@ -44,6 +44,8 @@ def read_json(
         ) from None
     except UnicodeDecodeError:
         raise InputError(f"{what} {path} is not a text JSON file") from None
+    except RecursionError:
+        raise InputError(f"{what} {path} is nested too deeply") from None
 
 
 def validate_lvis(data: Any, source: str = "annotation file") -> None:

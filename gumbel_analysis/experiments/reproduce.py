@@ -168,7 +168,9 @@ def read_timings(out: Path) -> dict[str, float]:
         return {}
     try:
         data = json.loads(path.read_text())
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
+        return {}  # timings only estimate the time left: a broken file is as none
+    if not isinstance(data, dict):
         return {}
     return {k: float(v) for k, v in data.items() if isinstance(v, int | float)}
 

@@ -113,7 +113,7 @@ def _last_logged_iteration(path: Path) -> int | None:
     try:
         lines = [line for line in path.read_text().splitlines() if line.strip()]
         return int(json.loads(lines[-1])["iteration"]) if lines else None
-    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError):
+    except (OSError, ValueError, KeyError, TypeError, UnicodeDecodeError, RecursionError):
         return None  # a detail for the reader only; the status does not depend on it
 
 
