@@ -286,3 +286,21 @@ def test_deep_json_in_the_data_or_a_runs_log_is_no_traceback(tmp_path, data_dir,
     assert reproduce.read_timings(tmp_path) == {}
     (tmp_path / reproduce.TIMINGS).write_text("[1, 2]")
     assert reproduce.read_timings(tmp_path) == {}
+
+
+def test_a_divergence_names_the_epoch_as_metrics_jsonl_does(data_dir, tmp_path):  # noqa: F811
+    """It said "iteration 3 (epoch 1)" where metrics.jsonl logs the same step as epoch 0."""
+    from test_engine import PoisonWeights, small_config
+
+    from gumbel_analysis.engine.train import train
+    from gumbel_analysis.errors import TrainingError
+
+    out = tmp_path / "run"
+    with pytest.raises(TrainingError) as caught:
+        train(
+            small_config(data_dir, out, loss="softmax"),
+            progress=False,
+            extra_hooks=[PoisonWeights()],
+        )
+    logged = json.loads(RunLayout(out).metrics_log.read_text().splitlines()[-1])["epoch"]
+    assert f"(epoch {logged}, counted from 0 as in metrics.jsonl)" in str(caught.value)
