@@ -136,8 +136,9 @@ def sweep(
 
     try:
         lib.run_sweep(plan, progress=not quiet, console=err_console, announce=announce)
-    except InputError:
-        # Refused by the first run (data that only its training reads): leave no empty OUT.
+    except (InputError, OSError):
+        # The first run refused (data only its training reads) or found the disk full: leave
+        # no empty OUT behind.
         if made_out and out.is_dir() and not any(out.iterdir()):
             out.rmdir()
         raise

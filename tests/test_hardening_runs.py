@@ -195,6 +195,12 @@ def test_a_full_disk_is_one_line_and_keeps_the_last_checkpoint(data_dir, small_d
     lines = done.stderr.strip().splitlines()
     assert lines[-1].startswith("error: No space left on device") and "Traceback" not in done.stderr
     assert str(tiny / "run") in lines[-1]
+    sweep = [sys.executable, "-m", "gumbel_analysis", "sweep", "--out", str(tiny / "sweep")]
+    sweep += ["--data", str(data_dir), "-t", "1", "--max-iters", "2", "--epochs", "1", *FAST]
+    done = subprocess.run(sweep, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: No space left on device")
+    assert not any(tiny.iterdir())  # nor an empty sweep folder
     # Mid-run: the first checkpoint fits, the second does not; the first is kept.
     disk = small_disk("48m")
     done = _train_in_a_process(
