@@ -163,6 +163,14 @@ def _restartable_file(path: Path) -> bool:
     return written and path.is_file() and not path.is_symlink()
 
 
+def _remove_pre_checkpoint_files(path: Path) -> None:
+    """What a run killed before its first checkpoint wrote (the plan checked that this is all
+    its folder holds)."""
+    for child in path.iterdir():
+        if _restartable_file(child):
+            child.unlink()
+
+
 def _check_same_config(run: Run, wanted: dict[str, Any]) -> None:
     """A planned folder must hold a run of the configuration asked for: ``wanted`` is the
     resolved config; every field but the machine's and the derived ones must match, so that an
@@ -204,10 +212,8 @@ def run_plan(
             announce(i, len(plan), item)
         start = time.perf_counter()
         try:
-            if item.action == RESTART:  # the plan checked that these are all it holds
-                for child in item.path.iterdir():
-                    if _restartable_file(child):
-                        child.unlink()
+            if item.action == RESTART:
+                _remove_pre_checkpoint_files(item.path)
             if item.action in (TRAIN, RESTART, RESUME):
                 cfg = TrainConfig.from_dict(item.values)
                 train(cfg, resume=item.action == RESUME, progress=progress, console=console)
