@@ -33,7 +33,7 @@ def table(
         Path | None,
         typer.Option(
             help="Run folder (or folder of seeds of one configuration) to compare every row "
-            "with: adds (Δ) to each cell and marks * where |Δ| > 2·SE."
+            "with: adds (Δ) to each cell and marks * where Student's t test of Δ rejects at 5%."
         ),
     ] = None,
     group_by: Annotated[
@@ -55,9 +55,11 @@ def table(
     Runs that differ only in their seed (or device, workers, logging) are one row: **mean ±
     s**, s the sample standard deviation (ddof = 1) over the row's n runs; with n = 1 s is
     shown as –. With --baseline each cell adds (Δ), the difference of the means, marked * when
-    |Δ| > 2·SE with SE = sqrt(s²/n + s₀²/n₀) (the Welch standard error of the difference), ? when
-    either side has one run (no spread to compare with). Unfinished, failed (diverged) and
-    not-evaluated runs are listed as rows of their own, never dropped.
+    Student's t test of it rejects at a two-sided 5% level: paired over seeds when the row and
+    the baseline ran the same seeds (df = n - 1), else Welch's (Welch-Satterthwaite df); --json
+    gives SE, t, df and p. ? when either side has one run (no spread to test with).
+    Unfinished, failed (diverged) and not-evaluated runs are listed as rows of their own, never
+    dropped.
     """
     from gumbel_analysis.experiments.runs import read_runs
     from gumbel_analysis.experiments.table import build_table, render, to_rich

@@ -2,6 +2,8 @@
 its own measure and draw, is planned, measured, drawn, judged and reported with nothing else
 touched (on fake run folders: no training)."""
 
+import csv
+import io
 import json
 
 import pytest
@@ -109,11 +111,17 @@ def test_a_registered_figure_is_measured_drawn_judged_and_reported(throwaway, tm
     (claim,) = summary["claims"]
     assert claim["item"] == KEY and claim["verdict"] == HOLDS  # paired: +21 ± 0.58
     assert claim["text"].startswith("holds: Δtenfold AP = +21.00 pt ± ")
+    assert claim["test"] == "paired" and claim["df"] == 2 and claim["p"] < 0.05
+    assert claim["p_holm"] == claim["p"] and claim["claims_adjusted_over"] == 1  # one claim
+    rows = list(csv.DictReader(io.StringIO((out / "tables" / "claims.csv").read_text())))
+    assert len(rows) == 1 and rows[0]["item"] == KEY and rows[0]["verdict"] == HOLDS
+    assert float(rows[0]["p"]) == pytest.approx(claim["p"]) and rows[0]["df"] == "2"
     md = (out / "tables" / f"{KEY}.md").read_text()
     assert md.startswith(f"# {throwaway.title}\n") and f"--only {KEY} --seeds 3" in md
     assert "| Gumbel | 121.0 ± 9.5 |" in md and "Ten times AP." in md
     assert "Gumbel's tenfold AP > Sigmoid's" in md
     page = (out / "report.html").read_text()
+    assert "Holm-Bonferroni" in page and "Student's t test" in page
     assert f"<h2 id='{KEY}'>" in page and "the throwaway figure" in page
     assert page.count("src='data:image/png;base64,") == 1
 

@@ -7,6 +7,7 @@ import math
 import statistics
 
 import pytest
+from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
 from gumbel_analysis.cli.app import app
@@ -24,7 +25,7 @@ from gumbel_analysis.experiments.claims import (
 from gumbel_analysis.experiments.material import DEFAULT_ITEMS, ITEMS, Claim, all_items
 from gumbel_analysis.experiments.measure import Measured
 from gumbel_analysis.experiments.reproduce import parse_only
-from gumbel_analysis.experiments.stats import MAX_SEEDS_NEEDED, seeds_to_resolve
+from gumbel_analysis.experiments.stats import MAX_SEEDS_NEEDED, paired, seeds_to_resolve
 from gumbel_analysis.spec.config import TrainConfig, resolve
 
 runner = CliRunner()
@@ -109,33 +110,48 @@ def measured_with(
     )
 
 
-def welch(a: list[float], b: list[float]) -> tuple[float, float]:
-    se = math.sqrt(statistics.variance(a) / len(a) + statistics.variance(b) / len(b))
-    return statistics.fmean(a) - statistics.fmean(b), se
-
-
-def test_a_difference_beyond_two_standard_errors_holds():
+def test_a_significant_difference_holds_with_scipys_welch_t():
     claim = Claim("a > b", "AP", "a", ("b",), "+1")
     a, b = [10.0, 11.0, 12.5], [5.0, 6.5, 7.0]
     v = judge(claim, measured_with({"a": a, "b": b}), "1x")
-    delta, se = welch(a, b)
-    assert v.verdict == HOLDS
-    assert v.delta == pytest.approx(delta, rel=1e-12) and v.se == pytest.approx(se, rel=1e-12)
-    assert v.n == (3, 3)
-    assert verdict_text(v).startswith(f"holds: ΔAP = +{delta:.1f} ± {se:.1f} (SE)")
+    ref = scipy_stats.ttest_ind(a, b, equal_var=False)
+    se = math.sqrt(statistics.variance(a) / 3 + statistics.variance(b) / 3)
+    assert v.verdict == HOLDS and v.test.test == "welch"
+    assert v.delta == pytest.approx(statistics.fmean(a) - statistics.fmean(b), rel=1e-12)
+    assert v.se == pytest.approx(se, rel=1e-12) and v.p == pytest.approx(ref.pvalue, rel=1e-9)
+    assert v.test.df == pytest.approx(ref.df, rel=1e-9) and v.n == (3, 3)
+    assert verdict_text(v).startswith(f"holds: ΔAP = +{v.delta:.1f} ± {se:.1f} (SE), Welch t(")
+    record = v.as_dict()
+    assert record["t"] == pytest.approx(ref.statistic) and record["p_holm"] == record["p"]
 
 
 def test_runs_of_the_same_seeds_are_compared_pair_by_pair():
     """Seeds that move both sides together: unpaired the difference is within the spread,
-    paired it holds; SE is the standard error of the mean per-seed difference."""
+    paired it holds, by scipy's paired t test on df = 2."""
     claim = Claim("a > b", "APr", "a", ("b",), "+3")
     a, b = [38.3, 33.9, 30.6], [31.8, 29.9, 27.0]
     assert judge(claim, measured_with({"a": a, "b": b}, "APr"), "1x").verdict == NOT_ESTABLISHED
     v = judge(claim, measured_with({"a": a, "b": b}, "APr", paired=True), "1x")
     diffs = [x - y for x, y in zip(a, b, strict=True)]
-    assert v.verdict == HOLDS
+    ref = scipy_stats.ttest_rel(a, b)
+    assert v.verdict == HOLDS and v.test.test == "paired" and v.test.df == 2
     assert v.delta == pytest.approx(statistics.fmean(diffs), rel=1e-12)
     assert v.se == pytest.approx(statistics.stdev(diffs) / math.sqrt(3), rel=1e-12)
+    assert v.p == pytest.approx(ref.pvalue, rel=1e-9) and v.p < 0.05
+    assert "paired t(2) = " in verdict_text(v)
+
+
+def test_twice_the_standard_error_is_not_a_95_percent_test_on_two_df():
+    """The issue's case: +3.5 APr over 3 paired seeds, p = 0.145. |Δ| > 2 SE, yet the paired t
+    test on 2 df (97.5% quantile 4.30) does not reject: not established."""
+    claim = Claim("a > b", "APr", "a", ("b",), "+3")
+    diffs = [0.9, 3.5, 6.1]  # mean 3.5, sd 2.6, SE = 2.6 / sqrt(3) = 1.50: 3.5 > 2 SE
+    a, b = [30.0 + d for d in diffs], [30.0, 30.0, 30.0]
+    v = judge(claim, measured_with({"a": a, "b": b}, "APr", paired=True), "1x")
+    assert v.delta > 2 * v.se
+    assert v.p == pytest.approx(scipy_stats.ttest_rel(a, b).pvalue, rel=1e-9)
+    assert v.p == pytest.approx(0.145, abs=5e-4)
+    assert v.verdict == NOT_ESTABLISHED and "within the seed spread" in verdict_text(v)
 
 
 def test_within_the_spread_is_not_established_whatever_the_sign():
@@ -146,16 +162,17 @@ def test_within_the_spread_is_not_established_whatever_the_sign():
 
 
 def smallest_resolving_seed_count(delta: float, sd: float) -> int:
-    """Brute force: the fewest seeds n with |delta| > 2 sd / sqrt(n)."""
-    n = 1
-    while not abs(delta) > 2 * sd / math.sqrt(n):
+    """Brute force with scipy: the fewest paired seeds n with |delta| / (sd / sqrt(n)) above
+    the 97.5% quantile of t on n - 1 df."""
+    n = 2
+    while not abs(delta) / (sd / math.sqrt(n)) > scipy_stats.t.ppf(0.975, n - 1):
         n += 1
     return n
 
 
 def test_not_established_says_how_many_seeds_would_resolve_the_difference():
-    """Gumbel - Sigmoid APr of the embedded benchmark's 3 seeds: +2.6 within the spread; the
-    same per-seed spread resolves it at the first seed count where 2 SE falls below 2.6."""
+    """A +2.6 APr difference within the spread of 3 paired seeds: the same per-seed spread
+    resolves it at the first seed count where the t test on n - 1 df rejects."""
     claim = Claim("a > b", "APr", "a", ("b",), "+3")
     a, b = [38.3, 33.9, 30.6], [31.8, 29.9, 33.4]
     v = judge(claim, measured_with({"a": a, "b": b}, "APr", paired=True), "1x")
@@ -167,18 +184,16 @@ def test_not_established_says_how_many_seeds_would_resolve_the_difference():
     assert v.as_dict()["seeds_needed"] == expected
 
 
-@pytest.mark.parametrize(
-    ("delta", "sd", "seeds"), [(3.0, 4.8, 3), (-1.0, 2.0, 5), (0.5, 0.3, 2), (2.0, 2.0, 4)]
-)
-def test_seeds_to_resolve_is_the_fewest_seeds_beyond_two_standard_errors(delta, sd, seeds):
-    assert seeds_to_resolve(delta, sd / math.sqrt(seeds), seeds) == (
-        smallest_resolving_seed_count(delta, sd)
-    )
+@pytest.mark.parametrize(("delta", "sd"), [(3.0, 4.8), (-1.0, 2.0), (0.5, 0.3), (2.0, 2.0)])
+def test_seeds_to_resolve_is_the_fewest_seeds_the_t_test_rejects_at(delta, sd):
+    d = paired([delta - sd, delta, delta + sd])  # mean delta, sample sd exactly sd
+    assert d.delta == pytest.approx(delta) and math.sqrt(d.spread[0]) == pytest.approx(sd)
+    assert seeds_to_resolve(d) == smallest_resolving_seed_count(delta, sd)
 
 
 def test_seeds_to_resolve_caps_hopeless_differences_and_ignores_zero():
-    assert seeds_to_resolve(0.0, 1.0, 3) is None
-    assert seeds_to_resolve(0.01, 5.0, 3) == MAX_SEEDS_NEEDED + 1
+    assert seeds_to_resolve(paired([-1.0, 0.0, 1.0])) is None
+    assert seeds_to_resolve(paired([-5.0, 0.01, 5.02])) == MAX_SEEDS_NEEDED + 1
     claim = Claim("a > b", "AP", "a", ("b",), "+1")
     v = judge(claim, measured_with({"a": [10.0, 0.0, 5.01], "b": [5.0, 5.0, 5.0]}), "1x")
     assert v.verdict == NOT_ESTABLISHED

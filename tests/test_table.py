@@ -10,6 +10,7 @@ import sys
 
 import numpy as np
 import pytest
+from scipy import stats as scipy_stats
 from typer.testing import CliRunner
 
 from gumbel_analysis.cli.app import app
@@ -168,16 +169,24 @@ def test_baseline_deltas_and_the_spread_rule(tmp_path):
     rows = data["rows"]
     assert rows[0]["baseline"] and rows[0]["loss"] == "sigmoid" and rows[0]["deltas"] is None
     gumbel = next(r for r in rows if r["loss"] == "gumbel")
-    # Independent computation of the Welch standard error and the 2 SE rule.
+    # Both ran seeds 0 and 1: paired t tests, computed independently by scipy.
     for metric, base, row in (("AP", [20, 21], [25, 26]), ("APr", [5, 7], [5.5, 6])):
-        delta = np.mean(row) - np.mean(base)
-        se = math.sqrt(np.var(row, ddof=1) / 2 + np.var(base, ddof=1) / 2)
+        diffs = np.subtract(row, base)
         got = gumbel["deltas"][metric]
-        assert got["delta"] == pytest.approx(delta) and got["se"] == pytest.approx(se)
-        assert got["exceeds"] == (abs(delta) > 2 * se)
+        assert got["test"] == "paired" and got["df"] == 1
+        assert got["delta"] == pytest.approx(diffs.mean())
+        assert got["se"] == pytest.approx(diffs.std(ddof=1) / math.sqrt(2))
+        if diffs.std() > 0:
+            ref = scipy_stats.ttest_rel(row, base)
+            assert got["t"] == pytest.approx(ref.statistic)
+            assert got["p"] == pytest.approx(ref.pvalue)
+    # AP rose by exactly 5 on both seeds: no spread, t infinite (null), p = 0
+    assert gumbel["deltas"]["AP"]["t"] is None and gumbel["deltas"]["AP"]["p"] == 0.0
     assert gumbel["deltas"]["AP"]["exceeds"] is True and gumbel["deltas"]["APr"]["exceeds"] is False
     gol = next(r for r in rows if r["loss"] == "gol")
-    assert gol["deltas"]["AP"] == {"delta": 9.5, "se": None, "exceeds": None}
+    assert gol["deltas"]["AP"] == {
+        "delta": 9.5, "se": None, "t": None, "df": None, "p": None, "test": None, "exceeds": None
+    }  # fmt: skip
     md = runner.invoke(
         app,
         [
@@ -255,7 +264,7 @@ def test_temperature_and_activation_accessors():
     assert runs_mod.run_temperature({"loss": "sigmoid", "loss_options": {}}) is None
 
 
-def test_summarize_and_compare_against_numpy():
+def test_summarize_and_welch_against_numpy_and_scipy():
     rng = np.random.default_rng(0)
     for n in (2, 3, 7):
         xs, ys = rng.normal(20, 2, n), rng.normal(21, 1, n + 1)
@@ -263,9 +272,27 @@ def test_summarize_and_compare_against_numpy():
         assert s.mean == pytest.approx(xs.mean()) and s.std == pytest.approx(xs.std(ddof=1))
         d = compare(summarize(list(ys)), s)
         se = math.sqrt(ys.var(ddof=1) / (n + 1) + xs.var(ddof=1) / n)
-        assert d.se == pytest.approx(se) and d.exceeds == (abs(ys.mean() - xs.mean()) > 2 * se)
+        ref = scipy_stats.ttest_ind(ys, xs, equal_var=False)
+        assert d.se == pytest.approx(se) and d.test == "welch"
+        assert d.t == pytest.approx(ref.statistic) and d.p == pytest.approx(ref.pvalue)
+        assert d.df == pytest.approx(ref.df) and d.exceeds == (ref.pvalue < 0.05)
     assert summarize([None, float("nan")]) is None
     assert summarize([3.0, None]).std is None
+
+
+def test_seeds_that_repeat_in_a_row_are_not_paired(tmp_path):
+    """Grouped by the loss alone, seeds 0, 1 and 0 (two temperatures) are one row: pairing it
+    with a baseline of seeds 0 and 1 would drop a run, so the test is Welch's on all three."""
+    root = tmp_path / "r"
+    for seed, a in ((0, 20.0), (1, 21.0)):
+        make_run(root / "base", f"s{seed}", seed=seed, loss="sigmoid", metrics=ap([a, 5, 1, 1, 1]))
+    gumbel = [(0, 0.9, 25.0), (1, 0.9, 27.0), (0, 1.1, 24.0)]
+    for seed, temp, a in gumbel:
+        make_run(root / "g", f"t{temp}-s{seed}", seed=seed, temperature=temp, metrics=ap([a] * 5))
+    data = table_json(root / "g", "--baseline", root / "base", "--group-by", "loss")
+    got = next(r for r in data["rows"] if r["loss"] == "gumbel")["deltas"]["AP"]
+    ref = scipy_stats.ttest_ind([25.0, 27.0, 24.0], [20.0, 21.0], equal_var=False)
+    assert got["test"] == "welch" and got["p"] == pytest.approx(ref.pvalue)
 
 
 def test_table_does_not_import_torch(runs):

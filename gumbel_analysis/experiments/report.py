@@ -11,7 +11,9 @@ hold now; unfinished runs are listed as such.
 from __future__ import annotations
 
 import base64
+import csv
 import html
+import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,15 @@ from typing import Any
 from gumbel_analysis.data.lvis_io import read_json
 from gumbel_analysis.data.synthetic import ANNOTATION_FILES, group_summary
 from gumbel_analysis.experiments import material
-from gumbel_analysis.experiments.claims import CONTRADICTED, HOLDS, Verdict, judge, verdict_text
+from gumbel_analysis.experiments.claims import (
+    CONTRADICTED,
+    HOLDS,
+    Verdict,
+    adjust,
+    format_p,
+    judge,
+    verdict_text,
+)
 from gumbel_analysis.experiments.material import Item
 from gumbel_analysis.experiments.measure import Figure, ItemContext, Measured, measure_runs
 from gumbel_analysis.experiments.reproduce import Plan, data_folder, read_timings
@@ -28,6 +38,7 @@ from gumbel_analysis.experiments.runs import FINISHED
 from gumbel_analysis.experiments.tabular import (
     Difference,
     Table,
+    csv_value,
     table,
     to_csv,
     to_html,
@@ -111,8 +122,9 @@ def item_metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
     if item.baseline:
         base_label = next(c.label for c in item.configs if c.name == item.baseline)
         caption += (
-            f" Δ: difference to {base_label}; * where |Δ| > 2 SE (SE of the per-seed "
-            "differences where both ran the same seeds, else Welch's)."
+            f" Δ: difference to {base_label}; * where Student's t test of it rejects at 5% "
+            "(two-sided; paired over seeds where both ran the same seeds, else Welch's; per "
+            "cell, unadjusted: the claims below are the adjusted verdicts)."
         )
     if item.paper:
         caption += " paper: the supplementary material's LVIS v1 numbers (ResNet-50)."
@@ -122,9 +134,39 @@ def item_metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
 
 
 def claims_table(verdicts: list[Verdict]) -> Table:
-    """Each claim, what the paper reports and its verdict here."""
-    rows = [[v.claim.text, v.claim.paper, verdict_text(v)] for v in verdicts]
-    return table(["claim", "paper", "on this benchmark"], rows)
+    """Each claim, what the paper reports and its verdict here, with its raw and adjusted p."""
+    rows = [
+        [
+            v.claim.text,
+            v.claim.paper,
+            verdict_text(v),
+            format_p(v.p) if v.p is not None else None,
+            format_p(v.p_adjusted) if v.p_adjusted is not None else None,
+        ]
+        for v in verdicts
+    ]
+    return table(["claim", "paper", "on this benchmark", "p", "Holm p"], rows)
+
+
+#: The columns of OUT/tables/claims.csv, from Verdict.as_dict.
+CLAIM_FIELDS = (
+    "item", "claim", "metric", "paper", "verdict", "against", "delta", "se", "test", "t", "df",
+    "p", "p_holm", "claims_adjusted_over", "n", "seeds_needed",
+)  # fmt: skip
+
+
+def claims_csv(sections: list[Section]) -> str:
+    """Every claim of the report, one line each: its verdict, Δ, SE, the test (paired or
+    Welch), t, df, the raw p and Holm's adjusted p."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CLAIM_FIELDS)
+    for section in sections:
+        for v in section.verdicts:
+            record = v.as_dict() | {"item": section.item.key}
+            record["n"] = " ".join(map(str, record["n"]))
+            writer.writerow([csv_value(record[k]) for k in CLAIM_FIELDS])
+    return buffer.getvalue()
 
 
 def _schedule_words(item: Item, plan: Plan) -> str:
@@ -168,6 +210,10 @@ def build_sections(plan: Plan, figures_dir: Path) -> tuple[list[Section], Measur
         section.figures = list(item.draw(ctx, measurement))
         section.verdicts = [judge(c, measured, item.schedule) for c in item.claims]
         sections.append(section)
+    # One family: Holm over every claim the report judges.
+    adjusted = iter(adjust([v for s in sections for v in s.verdicts]))
+    for section in sections:
+        section.verdicts = [next(adjusted) for _ in section.verdicts]
     return sections, measured
 
 
@@ -189,6 +235,7 @@ def write_report(plan: Plan, total_seconds: float | None = None) -> dict[str, An
             md += ["## Claims\n", to_markdown(claims_table(section.verdicts))]
         _write_text(tables_dir / f"{section.item.key}.md", "\n".join(md))
         _write_text(tables_dir / f"{section.item.key}.csv", to_csv(section.table))
+    _write_text(tables_dir / "claims.csv", claims_csv(sections))
     timed, run_seconds = _timed_runs(plan)
     report = out / "report.html"
     _write_text(report, render_html(plan, sections, total_seconds, timed, run_seconds))
@@ -260,6 +307,21 @@ def _data_table(plan: Plan) -> str:
     )
 
 
+_TEST_HTML = (
+    "Each claim is judged by Student's t test of its difference over seeds, two-sided at 5%: "
+    "paired over seeds when both sides ran the same seeds (SE of the mean per-seed difference, "
+    "df = n &minus; 1), else Welch's test (Welch-Satterthwaite df). A claim that a "
+    "configuration is the best of several needs every comparison to reject (its p is the "
+    "largest of theirs); a rival that beats it contradicts it (the smallest p times the number "
+    "of comparisons). The report judges all its claims at once, so each p is adjusted by "
+    "Holm-Bonferroni over them (the chance of any false verdict is at most 5%): a claim "
+    "<b>holds</b> when its adjusted p is below 0.05 and the difference is in the paper's "
+    "direction, is <b>contradicted</b> when it is below 0.05 in the other, and is <b>not "
+    "established</b> otherwise, whatever its sign (always with one seed: no spread). The "
+    "cells' * in the tables are the unadjusted tests of each difference."
+)
+
+
 def render_html(
     plan: Plan,
     sections: list[Section],
@@ -283,9 +345,7 @@ def render_html(
         "<p>Every table and figure below was made by <code>gumbel reproduce</code> from the run "
         f"folders in <code>{html.escape(str(plan.out / 'runs'))}</code> "
         f"({seeds}{', --quick' if plan.quick else ''}).{timing} "
-        "A claim <b>holds</b> when the difference exceeds twice its standard error over seeds "
-        "(Welch) in the paper's direction, is <b>contradicted</b> when it does so in the other "
-        "direction, and is <b>not established</b> otherwise, whatever its sign.</p>",
+        f"{_TEST_HTML}</p>",
         "<h2>The benchmark</h2>",
         f"<p>Synthetic long-tailed LVIS-format data: {spec.classes} classes, "
         f"{spec.train_images} training and {spec.val_images} validation images of "

@@ -2,12 +2,23 @@
 both call these.
 
 * :func:`summarize`: mean and sample standard deviation (ddof = 1) of the finite values.
-* :func:`compare`: a difference of two means and its Welch standard error
-  ``SE = sqrt(s^2/n + s_0^2/n_0)``; :func:`difference` pairs the runs instead when both sides ran
-  the same two or more seeds (SE of the mean per-seed difference).
-* :func:`beyond_spread`: the test a difference must pass to stand out of the seed-to-seed
-  spread, ``margin > SPREAD_FACTOR * SE``; :func:`exceeds` and :func:`seeds_to_resolve` are
-  stated with it.
+* :func:`difference`: the difference of two configurations' means and Student's t test of it,
+  at a two-sided level of ``ALPHA`` = 5%:
+
+  - **paired** when both sides ran the same two or more seeds (a pair shares its data order,
+    augmentation and backbone initialisation): with the per-seed differences ``d_i``,
+    ``SE = s_d / sqrt(n)``, ``t = mean(d) / SE`` on ``df = n - 1``;
+  - **Welch** otherwise (:func:`compare`): ``SE = sqrt(s_a^2/n_a + s_b^2/n_b)``, ``t = Δ / SE``
+    on the Welch-Satterthwaite ``df = SE^4 / ((s_a^2/n_a)^2/(n_a-1) + (s_b^2/n_b)^2/(n_b-1))``.
+
+  ``p = 2 * P(T_df > |t|)``; the difference is significant (``Delta.exceeds``) when p < ALPHA.
+  With one run on a side there is no spread: no SE, t, df or p.
+* :func:`holm`: Holm-Bonferroni adjusted p values, for a report that judges many claims at once.
+* :func:`seeds_to_resolve`: the seeds per side at which the same difference, with the same
+  per-seed spread, would be significant (the df grows with the seeds, so t's quantile shrinks).
+
+A zero spread (every seed gives the same difference) makes t infinite: such a difference is
+significant (p = 0) unless it is zero too (p = 1); t is then not reported (null in JSON).
 """
 
 from __future__ import annotations
@@ -17,10 +28,13 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-#: A difference exceeds the spread when |delta| > SPREAD_FACTOR * SE.
-SPREAD_FACTOR = 2.0
+from scipy import stats as _scipy_stats
+
+#: The two-sided level of every test: a difference is significant when p < ALPHA.
+ALPHA = 0.05
 #: Above this many seeds, "seeds needed" is reported as "more than".
 MAX_SEEDS_NEEDED = 1000
+PAIRED, WELCH = "paired", "welch"
 
 
 @dataclass(frozen=True)
@@ -37,14 +51,36 @@ class Stat:
 
 @dataclass(frozen=True)
 class Delta:
-    """The difference of a row's mean to the baseline's and whether it exceeds the spread."""
+    """A difference of means and its Student t test (all None but ``delta`` without a spread).
+
+    ``spread`` keeps what SE was made of, so that :func:`seeds_to_resolve` can ask what more
+    seeds would give: paired ``(s_d^2,)``; Welch ``(s_a^2, s_b^2)``.
+    """
 
     delta: float
-    se: float | None
-    exceeds: bool | None
+    se: float | None = None
+    t: float | None = None
+    df: float | None = None
+    p: float | None = None
+    test: str | None = None
+    n: tuple[int, int] = (0, 0)
+    spread: tuple[float, ...] = ()
+
+    @property
+    def exceeds(self) -> bool | None:
+        """Whether the test rejects "no difference" at ALPHA (None without a spread)."""
+        return None if self.p is None else self.p < ALPHA
 
     def as_dict(self) -> dict[str, Any]:
-        return {"delta": self.delta, "se": self.se, "exceeds": self.exceeds}
+        return {
+            "delta": self.delta,
+            "se": self.se,
+            "t": self.t,
+            "df": self.df,
+            "p": self.p,
+            "test": self.test,
+            "exceeds": self.exceeds,
+        }
 
 
 def is_number(value: Any) -> bool:
@@ -63,63 +99,102 @@ def summarize(values: Sequence[Any]) -> Stat | None:
     return Stat(mean, std, n)
 
 
-def beyond_spread(margin: float, se: float) -> bool:
-    """Whether ``margin`` (a difference, signed the way it is asked about) stands out of the
-    seed-to-seed spread: ``margin > SPREAD_FACTOR * se``."""
-    return margin > SPREAD_FACTOR * se
+def two_sided_p(t: float, df: float) -> float:
+    """``2 * P(T_df > |t|)`` of Student's t distribution with ``df`` degrees of freedom."""
+    return float(min(1.0, 2.0 * _scipy_stats.t.sf(abs(t), df)))
 
 
-def exceeds(delta: float, se: float | None) -> bool | None:
-    """``|delta| > SPREAD_FACTOR * se``; None when SE is unknown (a side with one run)."""
-    return None if se is None else beyond_spread(abs(delta), se)
+def _tested(delta: float, se: float, df: float, **rest: Any) -> Delta:
+    if se == 0.0:  # every seed agrees: t is infinite unless the difference is zero too
+        return Delta(delta, se, None, df, 0.0 if delta != 0.0 else 1.0, **rest)
+    t = delta / se
+    return Delta(delta, se, t, df, two_sided_p(t, df), **rest)
+
+
+def welch_df(var_a: float, n_a: int, var_b: float, n_b: int) -> float:
+    """The Welch-Satterthwaite degrees of freedom (``n_a + n_b - 2`` when both variances are 0,
+    where the formula is 0/0 and the pooled test's df is the limit of equal variances)."""
+    a, b = var_a / n_a, var_b / n_b
+    denominator = a**2 / (n_a - 1) + b**2 / (n_b - 1)
+    return (a + b) ** 2 / denominator if denominator > 0 else float(n_a + n_b - 2)
 
 
 def compare(row: Stat, base: Stat) -> Delta:
-    """delta = mean - mean_0, SE = sqrt(s^2/n + s_0^2/n_0) (Welch), and whether it exceeds."""
+    """Welch's t test of ``row.mean - base.mean`` (no spread when a side has one run)."""
     delta = row.mean - base.mean
     if row.std is None or base.std is None:
-        return Delta(delta, None, None)
-    se = math.sqrt(row.std**2 / row.n + base.std**2 / base.n)
-    return Delta(delta, se, exceeds(delta, se))
+        return Delta(delta, n=(row.n, base.n))
+    var_a, var_b = row.std**2, base.std**2
+    se = math.sqrt(var_a / row.n + var_b / base.n)
+    df = welch_df(var_a, row.n, var_b, base.n)
+    return _tested(delta, se, df, test=WELCH, n=(row.n, base.n), spread=(var_a, var_b))
 
 
-def difference(a: Mapping[int, float], b: Mapping[int, float]) -> Delta | None:
-    """Δ of the values of ``a`` over those of ``b`` (per seed): paired when both sides have the
-    same two or more seeds (a pair shares its data order, augmentation and backbone
-    initialisation; SE of the mean per-seed difference), else :func:`compare` of the two means.
-    None when a side has no value."""
+def paired(differences: Sequence[float]) -> Delta:
+    """The paired t test of per-seed differences (two or more): df = n - 1."""
+    stat = summarize(differences)
+    if stat is None or stat.std is None:
+        raise ValueError("a paired test needs two or more differences")
+    se = stat.std / math.sqrt(stat.n)
+    return _tested(
+        stat.mean, se, stat.n - 1, test=PAIRED, n=(stat.n, stat.n), spread=(stat.std**2,)
+    )
+
+
+def difference(a: Mapping[Any, float], b: Mapping[Any, float]) -> Delta | None:
+    """Δ of the values of ``a`` over those of ``b`` (by seed), tested: paired when both sides have
+    the same two or more seeds, else Welch (:func:`compare`). None when a side has no value."""
     if len(a) >= 2 and set(a) == set(b):
-        stat = summarize([a[s] - b[s] for s in sorted(a)])
-        assert stat is not None and stat.std is not None
-        se = stat.std / math.sqrt(stat.n)
-        return Delta(stat.mean, se, exceeds(stat.mean, se))
+        return paired([a[s] - b[s] for s in sorted(a)])
     here, there = summarize(list(a.values())), summarize(list(b.values()))
     if here is None or there is None:
         return None
     return compare(here, there)
 
 
-def seeds_to_resolve(delta: float, se: float, seeds: int) -> int | None:
-    """Seeds per side at which a difference of ``|delta|`` would pass :func:`beyond_spread`, if
-    the per-seed spread stays as measured with ``seeds`` seeds.
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p values, in the order given: with the m values sorted,
+    ``p'_(i) = max_{j <= i} min(1, (m - j + 1) p_(j))``. Rejecting where ``p' < ALPHA`` keeps the
+    probability of any false rejection among the m at most ALPHA."""
+    m = len(pvalues)
+    order = sorted(range(m), key=lambda i: pvalues[i])
+    adjusted = [1.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvalues[i]))
+        adjusted[i] = running
+    return adjusted
 
-    SE shrinks as 1/sqrt(seeds) (paired or Welch, with equal seeds per side), so the smallest
-    n' with ``|delta| > SPREAD_FACTOR * se * sqrt(seeds / n')`` is
-    ``floor(seeds * (SPREAD_FACTOR * se / |delta|)^2) + 1``. None for a zero difference, and
-    above MAX_SEEDS_NEEDED, MAX_SEEDS_NEEDED + 1 (read: more than MAX_SEEDS_NEEDED).
-    """
-    if delta == 0 or seeds < 1:
+
+def _at_seeds(d: Delta, seeds: int) -> Delta:
+    """``d`` as the same test would give it with ``seeds`` per side and the same spread."""
+    if d.test == PAIRED:
+        (var,) = d.spread
+        return _tested(d.delta, math.sqrt(var / seeds), seeds - 1)
+    var_a, var_b = d.spread
+    se = math.sqrt((var_a + var_b) / seeds)
+    return _tested(d.delta, se, welch_df(var_a, seeds, var_b, seeds))
+
+
+def seeds_to_resolve(d: Delta, alpha: float = ALPHA) -> int | None:
+    """The fewest seeds per side (at least 2) at which Δ, with the per-seed spread measured,
+    would be significant at ``alpha``: SE shrinks as 1/sqrt(n) and the df grows (paired n - 1,
+    Welch its Satterthwaite df at n per side). None for a zero difference or no spread;
+    MAX_SEEDS_NEEDED + 1 (read: more than MAX_SEEDS_NEEDED) when even that many would not do."""
+    if d.delta == 0 or d.test is None:
         return None
-    ratio = seeds * (SPREAD_FACTOR * se / abs(delta)) ** 2
-    if ratio >= MAX_SEEDS_NEEDED:
+
+    def rejects(seeds: int) -> bool:
+        p = _at_seeds(d, seeds).p
+        return p is not None and p < alpha
+
+    if not rejects(MAX_SEEDS_NEEDED):
         return MAX_SEEDS_NEEDED + 1
-
-    def resolves(count: int) -> bool:
-        return beyond_spread(abs(delta), se * math.sqrt(seeds / count))
-
-    # floor(ratio) - 1 cannot resolve even with rounding; step up from floor(ratio), which
-    # decides an exact boundary (ratio an integer) the way the criterion is evaluated
-    needed = max(1, math.floor(ratio))
-    while not resolves(needed):
-        needed += 1
-    return needed
+    low, high = 1, MAX_SEEDS_NEEDED  # low never rejects (no spread), high does: bisect
+    while high - low > 1:
+        mid = (low + high) // 2
+        if rejects(mid):
+            high = mid
+        else:
+            low = mid
+    return high

@@ -9,10 +9,13 @@ Conventions (also in ``gumbel table --help`` and docs):
   deviation (ddof = 1): ``s = sqrt(sum (x_i - mean)^2 / (n - 1))``. With n = 1 there is no spread
   estimate and s is shown as ``–`` (null in JSON); an undefined AP (no ground truth in a group)
   is left out of that metric's mean, and a metric undefined in every run is ``–``.
-* With a baseline, ``delta = mean - mean_0`` and its standard error
-  ``SE = sqrt(s^2 / n + s_0^2 / n_0)`` (Welch). The delta *exceeds the seed-to-seed spread* when
-  ``|delta| > 2 SE`` (about a 95% two-sided test for normal seeds), marked ``*``. If either side
-  has a single run, SE is unknown and the delta is marked ``?`` (``exceeds`` is null in JSON).
+* With a baseline, ``delta = mean - mean_0`` and Student's t test of it at a two-sided 5% level
+  (``experiments/stats.py``): paired over seeds when the row and the baseline ran the same two
+  or more seeds (``SE = s_d / sqrt(n)``, df = n - 1), else Welch's test
+  (``SE = sqrt(s^2 / n + s_0^2 / n_0)``, Welch-Satterthwaite df). A delta the test rejects is
+  marked ``*`` (``exceeds`` true in JSON); each cell is its own test, not adjusted for the
+  others. If either side has a single run, there is no test and the delta is marked ``?``
+  (``exceeds`` null).
 
 The statistics are those of ``experiments/stats.py``; the table is written by the writers of
 ``experiments/tabular.py`` (:func:`cells_table` gives it their cells).
@@ -39,7 +42,7 @@ from gumbel_analysis.experiments.runs import (
     field_value,
     group_runs,
 )
-from gumbel_analysis.experiments.stats import SPREAD_FACTOR, Delta, Stat, compare, summarize
+from gumbel_analysis.experiments.stats import ALPHA, Delta, Stat, difference, summarize
 from gumbel_analysis.experiments.stats import is_number as _is_number
 
 #: The metric columns of the paper's tables, in their order.
@@ -64,6 +67,8 @@ class Row:
     seeds: list[Any]
     metrics: dict[str, Stat | None] = field(default_factory=dict)
     deltas: dict[str, Delta | None] = field(default_factory=dict)
+    # per metric its finite values by seed (by run where seeds repeat: those are not paired)
+    values: dict[str, dict[Any, float]] = field(default_factory=dict)
     baseline: bool = False
     detail: str = ""
     varying: dict[str, list[Any]] = field(default_factory=dict)
@@ -107,11 +112,15 @@ class ResultTable:
             "columns": self.columns,
             "metrics": list(self.metrics),
             "std": "sample standard deviation (ddof = 1); null for n = 1",
-            "exceeds_rule": f"|delta| > {SPREAD_FACTOR:g} * sqrt(s^2/n + s0^2/n0)"
-            if self.has_baseline
-            else None,
+            "exceeds_rule": EXCEEDS_RULE if self.has_baseline else None,
             "rows": [r.as_dict() for r in self.rows],
         }
+
+
+EXCEEDS_RULE = (
+    f"Student t test of delta, two-sided p < {ALPHA:g}: paired over seeds when both rows ran "
+    "the same 2+ seeds (df = n - 1), else Welch (Welch-Satterthwaite df); per cell, unadjusted"
+)
 
 
 def describe(config: dict[str, Any]) -> dict[str, Any]:
@@ -155,8 +164,8 @@ def build_table(
         for row in rows[1:]:
             if row.status == FINISHED:
                 row.deltas = {
-                    m: compare(row.metrics[m], base_row.metrics[m])
-                    if row.metrics.get(m) and base_row.metrics.get(m)
+                    m: difference(row.values[m], base_row.values[m])
+                    if row.values.get(m) and base_row.values.get(m)
                     else None
                     for m in TABLE_METRICS
                 }
@@ -217,9 +226,23 @@ def _group_row(runs: list[Run], fields: list[str] | None, is_baseline: bool) -> 
         metrics={
             m: summarize([(r.metrics or {}).get(m) for r in runs]) for m in _metric_names(runs)
         },
+        values={m: _by_seed(runs, m) for m in TABLE_METRICS},
         baseline=is_baseline,
         varying=varying,
     )
+
+
+def _by_seed(runs: list[Run], metric: str) -> dict[Any, float]:
+    """The runs' finite values of ``metric`` by seed, for pairing with the baseline's; by run
+    (never paired) when a seed repeats or is unknown."""
+    seeds = [r.seed for r in runs]
+    unique = None not in seeds and len(set(seeds)) == len(seeds)
+    out: dict[Any, float] = {}
+    for i, run in enumerate(runs):
+        value = (run.metrics or {}).get(metric)
+        if _is_number(value) and math.isfinite(float(value)):
+            out[run.seed if unique else ("run", i)] = float(value)
+    return out
 
 
 def _single_row(run: Run) -> Row:
@@ -300,8 +323,9 @@ def caption(table: ResultTable) -> str:
     )
     if table.has_baseline:
         text += (
-            f" (Δ) to the baseline row; * = |Δ| > {SPREAD_FACTOR:g}·SE with "
-            "SE = sqrt(s²/n + s₀²/n₀), no mark = within that spread, ? = a side has one run."
+            " (Δ) to the baseline row; * = Student's t test of Δ rejects at 5% (two-sided; "
+            "paired over seeds when both ran the same seeds, else Welch), no mark = not "
+            "established, ? = a side has one run."
         )
     return text
 
@@ -325,7 +349,7 @@ _CSV_ONLY = frozenset({"csv"})
 def _columns_of(table: ResultTable) -> list[tabular.Column]:
     """Descriptors, metrics, n and status (shown where a row is not a plain finished one), and
     for CSV only the baseline flag, the runs and the seeds."""
-    extra = ("delta", "exceeds") if table.has_baseline else ()
+    extra = ("delta", "se", "t", "df", "p", "exceeds") if table.has_baseline else ()
     columns = [tabular.Column(c, _header(c)) for c in table.columns]
     columns += [
         tabular.Column(
@@ -416,7 +440,7 @@ def to_latex(table: ResultTable) -> str:
 
 def to_csv(table: ResultTable) -> str:
     """One line per row; per metric its mean, std (empty for n = 1 or undefined) and, with a
-    baseline, delta and exceeds (true/false, empty when unknown)."""
+    baseline, delta and its test: se, t, df, p and exceeds (true/false, empty when unknown)."""
     order = [*table.columns, "n", "status", "baseline", "runs", "seeds", *table.metrics]
     return tabular.to_csv(cells_table(table), order)
 

@@ -117,6 +117,18 @@ class Mean(Cell):
         return {name: csv_value(s.mean), f"{name}_std": csv_value(s.std), f"{name}_n": str(s.n)}
 
 
+def delta_fields(name: str, d: Delta | None) -> dict[str, str]:
+    """A difference's test in CSV: ``_se``, ``_t``, ``_df``, ``_p`` and ``_exceeds`` (the test
+    rejects at 5%), empty where a side has one run."""
+    return {
+        f"{name}_se": csv_value(d.se if d else None),
+        f"{name}_t": csv_value(d.t if d else None),
+        f"{name}_df": csv_value(d.df if d else None),
+        f"{name}_p": csv_value(d.p if d else None),
+        f"{name}_exceeds": csv_value(d.exceeds if d else None),
+    }
+
+
 def _trend(delta: Delta | None) -> int:
     if delta is None or not delta.exceeds:
         return 0
@@ -125,7 +137,7 @@ def _trend(delta: Delta | None) -> int:
 
 @dataclass(frozen=True)
 class Difference(Cell):
-    """``+Δ``, ``*`` beyond the spread; CSV: Δ, ``_se`` and ``_exceeds``."""
+    """``+Δ``, ``*`` where its t test rejects at 5%; CSV: Δ and its test (``delta_fields``)."""
 
     delta: Delta
 
@@ -133,10 +145,7 @@ class Difference(Cell):
         return f"{self.delta.delta:+.{digits}f}" + ("*" if self.delta.exceeds else "")
 
     def fields(self, name: str) -> dict[str, str]:
-        d = self.delta
-        return {name: csv_value(d.delta), f"{name}_se": csv_value(d.se)} | {
-            f"{name}_exceeds": csv_value(d.exceeds)
-        }
+        return {name: csv_value(self.delta.delta)} | delta_fields(name, self.delta)
 
     @property
     def trend(self) -> int:
@@ -146,7 +155,7 @@ class Difference(Cell):
 @dataclass(frozen=True)
 class MeanAndDifference(Cell):
     """``mean ± std (+Δ*)``: ``–`` for a missing std or value, ``?`` for a Δ of unknown SE;
-    CSV: the mean and ``_std``, with a baseline ``_delta`` and ``_exceeds``."""
+    CSV: the mean and ``_std``, with a baseline ``_delta`` and its test (``delta_fields``)."""
 
     stat: Stat | None
     delta: Delta | None = None
@@ -176,7 +185,7 @@ class MeanAndDifference(Cell):
         }
         if self.with_delta:
             out[f"{name}_delta"] = csv_value(delta.delta if delta else None)
-            out[f"{name}_exceeds"] = csv_value(delta.exceeds if delta else None)
+            out |= delta_fields(name, delta)
         return out
 
     @property
