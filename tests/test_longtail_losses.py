@@ -259,7 +259,7 @@ def test_aliases_are_their_method_with_gumbel(alias, method, options):
 
 
 @pytest.mark.parametrize(
-    ("name", "prior"), [("droploss", 1e-3), ("eql", 1e-3), ("bce", 1e-2), ("eqlv2", 1e-2)]
+    ("name", "prior"), [("droploss", 1e-3), ("eql", 1e-3), ("bce", 1e-2), ("eqlv2", 1e-3)]
 )
 def test_sigmoid_initial_prior_per_method_and_gumbel_bias(name, prior):
     layer = nn.Linear(4, C + 1)

@@ -13,7 +13,8 @@ After each batch, ``P_j += sum_i |dl_ij/dq_ij| w_ij y_ij`` and ``N_j += sum_i |d
 ratio starts at 100 (every weight 1), as in the authors' code. The sums are float64 buffers of the
 module: they are summed across ranks (``torch.distributed``) and travel in the checkpoint.
 
-Scores, as the authors' code: ``p_j (1 - p_bg)`` for the activation's probabilities ``p``.
+Scores, as the authors' code: ``p_j (1 - p_bg)`` for the activation's probabilities ``p``. The
+Sigmoid classifier starts from the prior ``sigmoid(b) = 0.001`` (the authors' head).
 """
 
 from __future__ import annotations
@@ -44,6 +45,9 @@ class EQLv2(WeightedBCE):
     """EQLv2: gradient-guided reweighting of each class's positives and negatives, C + 1 outputs."""
 
     with_background = True
+    # The authors' Sigmoid classifier starts from the prior 0.001 (mmdetection's ConvFC head:
+    # bias_init_with_prob(0.001) when the loss uses a sigmoid), not the focal-loss 0.01.
+    sigmoid_prior = 1e-3
 
     def __init__(
         self,
