@@ -21,7 +21,15 @@ from gumbel_analysis.cli.common import (
 )
 from gumbel_analysis.cli.training_options import (
     CheckpointEveryOption,
+    CpusPerJobOption,
     DeviceOption,
+    GpusPerJobOption,
+    JobsOption,
+    LauncherChoice,
+    LauncherOption,
+    PartitionOption,
+    TimeOption,
+    WaitOption,
     WorkersOption,
     check_device_available,
 )
@@ -77,6 +85,13 @@ def reproduce(
     device: DeviceOption = None,
     workers: WorkersOption = None,
     checkpoint_every: CheckpointEveryOption = None,
+    jobs: JobsOption = None,
+    launcher: LauncherOption = LauncherChoice.local,
+    wait: WaitOption = True,
+    partition: PartitionOption = None,
+    time_limit: TimeOption = 240,
+    gpus_per_job: GpusPerJobOption = 0,
+    cpus_per_job: CpusPerJobOption = 2,
     progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -85,7 +100,8 @@ def reproduce(
     The report is one self-contained HTML file (figures embedded, each table with the command
     that made it) with the figures as PNG in OUT/figures and the tables as Markdown and CSV in
     OUT/tables, and it says which of the paper's claims hold on the benchmark: a claim holds when
-    its difference exceeds 2 standard errors over seeds, else it is not established (always with
+    Student's t test of its difference over seeds (paired over the shared seeds) rejects at 5%
+    after Holm's adjustment over the report's claims, else it is not established (always with
     one seed).
 
     The data is the embedded benchmark (96 classes, 43 rare; made in OUT/data). Runs go to
@@ -95,10 +111,15 @@ def reproduce(
     7 min; every item ({every_item}) about 6 hours per seed, 18 hours with --seeds 3.
     """
     from gumbel_analysis.experiments import reproduce as lib
+    from gumbel_analysis.experiments.launch import LauncherKind, LaunchOptions
     from gumbel_analysis.experiments.report import write_report
 
     machine = check_fields(device=device, workers=workers, checkpoint_every=checkpoint_every)
     check_device_available(device)
+    launch = LaunchOptions(
+        jobs, LauncherKind(launcher.value), wait, partition, time_limit, gpus_per_job, cpus_per_job
+    )
+    launch.check()
     items = lib.parse_only(only, DEFAULT_ITEMS)
     start = time.perf_counter()
     quiet = as_json or not progress
@@ -120,7 +141,14 @@ def reproduce(
             return
         err_console.rule(f"run {i}/{n}: {planned.run.name} · {action} · {eta}")
 
-    lib.carry_out(plan, progress=not quiet, console=err_console, announce=announce)
+    runner = launch.make(out, device, not quiet, err_console)
+    ended = lib.carry_out(
+        plan, launcher=runner, progress=not quiet, console=err_console, announce=announce
+    )
+    if not ended:  # --no-wait: a report of unfinished runs would be half a report
+        if as_json:
+            print_json({"out": str(out), "report": None, "submitted": len(plan.runs)})
+        return
     if not quiet:
         err_console.rule("report")
     summary = write_report(plan, time.perf_counter() - start)

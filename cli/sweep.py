@@ -19,12 +19,20 @@ from gumbel_analysis.cli.common import (
 from gumbel_analysis.cli.training_options import (
     BatchSizeOption,
     CheckpointEveryOption,
+    CpusPerJobOption,
     DeviceOption,
     EpochsOption,
+    GpusPerJobOption,
     GradLogOption,
+    JobsOption,
+    LauncherChoice,
+    LauncherOption,
     MaxItersOption,
+    PartitionOption,
     PresetOption,
     ScheduleOption,
+    TimeOption,
+    WaitOption,
     WorkersOption,
     check_device_available,
     field_option,
@@ -87,6 +95,13 @@ def sweep(
             help="Figure file (Fig. 1.ii): .png, .pdf or .svg. Default: OUT/figure_1ii.png.",
         ),
     ] = None,
+    jobs: JobsOption = None,
+    launcher: LauncherOption = LauncherChoice.local,
+    wait: WaitOption = True,
+    partition: PartitionOption = None,
+    time_limit: TimeOption = 240,
+    gpus_per_job: GpusPerJobOption = 0,
+    cpus_per_job: CpusPerJobOption = 2,
     progress: ProgressOption = True,
     as_json: JsonOption = False,
 ) -> None:
@@ -101,12 +116,21 @@ def sweep(
     """
     from gumbel_analysis.analysis.plots import FIGURE_SUFFIXES, check_figure_path
     from gumbel_analysis.experiments import sweep as lib
+    from gumbel_analysis.experiments.launch import (
+        LauncherKind,
+        LaunchOptions,
+        discard_launch_folder,
+    )
     from gumbel_analysis.experiments.table import to_rich
 
     # The run options every run of the sweep shares (out and seed are each run's own).
     base = {k: v for k, v in given_fields(locals()).items() if k not in ("out", "seed")}
     check_fields(**base)
     check_device_available(device)
+    launch = LaunchOptions(
+        jobs, LauncherKind(launcher.value), wait, partition, time_limit, gpus_per_job, cpus_per_job
+    )
+    launch.check()
     loss_entry(loss)  # one line naming --loss if the catalogue has no such loss
     temperatures = list(temperature) if temperature else list(PAPER_SIGMAS)
     if data is not None:
@@ -134,14 +158,21 @@ def sweep(
         err_console.rule(f"run {i}/{n}: {item.name} (σ = {item.temperature:g}, seed {item.seed})")
         err_console.print(item.describe_action(), markup=False)
 
+    runner = launch.make(out, device, not quiet, err_console)
     try:
-        lib.run_sweep(plan, progress=not quiet, console=err_console, announce=announce)
+        ended = lib.run_sweep(
+            plan, launcher=runner, progress=not quiet, console=err_console, announce=announce
+        )
     except (InputError, OSError):
         # The first run refused (data only its training reads) or found the disk full: leave
         # no empty OUT behind.
-        if made_out and out.is_dir() and not any(out.iterdir()):
-            out.rmdir()
+        if made_out and out.is_dir():
+            discard_launch_folder(out)
+            if not any(out.iterdir()):
+                out.rmdir()
         raise
+    if not ended:  # --no-wait: the table and figure come with the rerun that collects them
+        return
     table = lib.sweep_table(plan)
     points = lib.figure_points(table)
     result = lib.SweepResult(out, plan, table, None, points)

@@ -138,3 +138,60 @@ WorkersOption = field_option("workers")
 MaxItersOption = field_option("max_iters")
 CheckpointEveryOption = field_option("checkpoint_every")
 GradLogOption = field_option("grad_log")
+
+
+# --- where the runs of a sweep or a reproduce go (gumbel_analysis.experiments.launch) ----------
+
+_LAUNCH_PANEL = "Parallel and cluster execution"
+JobsOption = Annotated[
+    int | None,
+    typer.Option(
+        "--jobs",
+        help="Runs trained at a time on this machine, each with its share of the CPU cores "
+        "(cores // N threads) or, on CUDA, one visible GPU each. Default: 1 on the CPU, one "
+        "per visible GPU on CUDA.",
+        rich_help_panel=_LAUNCH_PANEL,
+    ),
+]
+
+
+class LauncherChoice(StrEnum):
+    local = "local"
+    slurm = "slurm"
+
+
+LauncherOption = Annotated[
+    LauncherChoice,
+    typer.Option(
+        "--launcher",
+        help="local: on this machine (--jobs); slurm: every run a SLURM job, through submitit.",
+        rich_help_panel=_LAUNCH_PANEL,
+    ),
+]
+WaitOption = Annotated[
+    bool,
+    typer.Option(
+        "--wait/--no-wait",
+        help="slurm: wait for the jobs (with a progress bar), then write the results; "
+        "--no-wait returns once they are submitted (rerun the command to collect them).",
+        rich_help_panel=_LAUNCH_PANEL,
+    ),
+]
+PartitionOption = Annotated[
+    str | None,
+    typer.Option("--partition", help="slurm: the partition.", rich_help_panel=_LAUNCH_PANEL),
+]
+TimeOption = Annotated[
+    int,
+    typer.Option(
+        "--time", help="slurm: each job's time limit, in minutes.", rich_help_panel=_LAUNCH_PANEL
+    ),
+]
+GpusPerJobOption = Annotated[
+    int,
+    typer.Option("--gpus-per-job", help="slurm: GPUs per job.", rich_help_panel=_LAUNCH_PANEL),
+]
+CpusPerJobOption = Annotated[
+    int,
+    typer.Option("--cpus-per-job", help="slurm: CPU cores per job.", rich_help_panel=_LAUNCH_PANEL),
+]

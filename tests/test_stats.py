@@ -170,3 +170,10 @@ def test_every_claim_of_a_family_is_judged_once_in_its_place():
     assert sorted(v.p_adjusted for v in (out[0], out[2])) == pytest.approx(
         holm([tested[0].p, tested[1].p])
     )
+
+
+def test_a_tiny_p_reads_p_below_a_thousandth():
+    claim = Claim("a > b", "AP", "a", ("b",), "+1")
+    v = judge(claim, measured({"a": [10.0, 10.1, 10.2], "b": [1.0, 1.1, 1.25]}), "1x")
+    text = verdict_text(v)
+    assert v.p < 0.001 and "p < 0.001" in text and "= <" not in text

@@ -157,6 +157,12 @@ def format_p(p: float) -> str:
     return "< 0.001" if p < 0.001 else f"{p:.3f}"
 
 
+def p_phrase(name: str, p: float) -> str:
+    """``p = 0.029`` or ``p < 0.001``."""
+    text = format_p(p)
+    return f"{name} {text}" if text.startswith("<") else f"{name} = {text}"
+
+
 def test_text(d: Delta) -> str:
     """``paired t(2) = 6.10`` / ``Welch t(3.7) = 2.40`` (``t = ∞`` for a zero spread)."""
     df = f"{d.df:g}" if d.test == PAIRED else f"{d.df:.1f}"
@@ -178,9 +184,9 @@ def verdict_text(v: Verdict, digits: int = 1) -> str:
     if v.detail == ONE_SEED:
         return text + " (one seed: no spread; use --seeds 3)"
     assert v.test is not None and v.p is not None and v.p_adjusted is not None
-    text += f" ± {v.se:.{digits}f} (SE), {test_text(v.test)}, p = {format_p(v.p)}"
+    text += f" ± {v.se:.{digits}f} (SE), {test_text(v.test)}, {p_phrase('p', v.p)}"
     if v.family > 1:
-        text += f", Holm p = {format_p(v.p_adjusted)}"
+        text += f", {p_phrase('Holm p', v.p_adjusted)}"
     text += f"; {v.n[0]} and {v.n[1]} seeds"
     text += f"; {v.detail}" if v.detail else ""
     if v.seeds_needed is not None:

@@ -202,34 +202,41 @@ def run_plan(
     console: Any = None,
     announce: Callable[[int, int, PlannedRun], None] | None = None,
 ) -> None:
-    """Carry out ``plan`` in order; a run whose loss becomes non-finite is marked failed and the
-    others still run. Each run's status, metrics and wall time are filled in."""
-    from gumbel_analysis.engine.inference import evaluate_checkpoint
-    from gumbel_analysis.engine.train import train
-
+    """Carry out ``plan`` in order, in this process; a run whose loss becomes non-finite is
+    marked failed and the others still run. Each run's status, metrics and wall time are filled
+    in. (``experiments/launch.py`` carries plans out in parallel or on SLURM, under a lock.)"""
     for i, item in enumerate(plan, 1):
         if announce is not None:
             announce(i, len(plan), item)
-        start = time.perf_counter()
-        try:
-            if item.action == RESTART:
-                _remove_pre_checkpoint_files(item.path)
-            if item.action in (TRAIN, RESTART, RESUME):
-                cfg = TrainConfig.from_dict(item.values)
-                train(cfg, resume=item.action == RESUME, progress=progress, console=console)
-            elif item.action == EVALUATE:
-                evaluate_checkpoint(
-                    item.path, device=item.values.get("device", "auto"), progress=progress
-                )
-        except TrainingError as err:
-            item.error = " ".join(str(err).split())
-        if item.action != SKIP:
-            item.seconds = time.perf_counter() - start
-        run = read_run(item.path)
-        item.status = run.status
-        item.metrics = run.metrics
-        if run.status == FAILED and not item.error:
-            item.error = f"the loss became non-finite earlier; see {RunLayout(item.path).diverged}"
+        carry_out_run(item, progress=progress, console=console)
+
+
+def carry_out_run(item: PlannedRun, *, progress: bool = False, console: Any = None) -> None:
+    """Do what ``item.action`` says with its folder, then fill in its status, metrics, error
+    and wall time from the folder."""
+    from gumbel_analysis.engine.inference import evaluate_checkpoint
+    from gumbel_analysis.engine.train import train
+
+    start = time.perf_counter()
+    try:
+        if item.action == RESTART:
+            _remove_pre_checkpoint_files(item.path)
+        if item.action in (TRAIN, RESTART, RESUME):
+            cfg = TrainConfig.from_dict(item.values)
+            train(cfg, resume=item.action == RESUME, progress=progress, console=console)
+        elif item.action == EVALUATE:
+            evaluate_checkpoint(
+                item.path, device=item.values.get("device", "auto"), progress=progress
+            )
+    except TrainingError as err:
+        item.error = " ".join(str(err).split())
+    if item.action != SKIP:
+        item.seconds = time.perf_counter() - start
+    run = read_run(item.path)
+    item.status = run.status
+    item.metrics = run.metrics
+    if run.status == FAILED and not item.error:
+        item.error = f"the loss became non-finite earlier; see {RunLayout(item.path).diverged}"
 
 
 __all__ = [
@@ -240,6 +247,7 @@ __all__ = [
     "SKIP",
     "TRAIN",
     "PlannedRun",
+    "carry_out_run",
     "check_out_folder",
     "plan_run",
     "run_plan",

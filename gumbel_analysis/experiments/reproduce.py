@@ -28,13 +28,13 @@ from gumbel_analysis.data.lvis_io import read_json
 from gumbel_analysis.data.synthetic import ANNOTATION_FILES, make_synthetic
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.experiments import material
+from gumbel_analysis.experiments.launch import Launcher, LocalLauncher, runs_progress
 from gumbel_analysis.experiments.material import ITEMS, Config, Item, all_items
 from gumbel_analysis.experiments.plan import (
     SKIP,
     PlannedRun,
     check_out_folder,
     plan_run,
-    run_plan,
 )
 from gumbel_analysis.experiments.runs import FINISHED
 from gumbel_analysis.io import atomic_path, remove_leftovers
@@ -202,17 +202,33 @@ def remaining_seconds(plan: Plan, timings: dict[str, float], start: int) -> floa
 def carry_out(
     plan: Plan,
     *,
+    launcher: Launcher | None = None,
     progress: bool = True,
     console: Any = None,
     announce: Callable[[int, int, Planned, float | None], None] | None = None,
-) -> None:
-    """Train, resume or evaluate every planned run in order; record each one's wall time."""
+) -> bool:
+    """Train, resume or evaluate every planned run with ``launcher`` (default: one at a time in
+    this process, announcing each); record the wall time of each run trained from scratch.
+    True when every run has ended (False: SLURM jobs still queued or running, --no-wait)."""
+    launcher = launcher or LocalLauncher(1, progress=progress, console=console)
     timings = read_timings(plan.out)
-    for i, planned in enumerate(plan.runs):
-        if announce is not None:
-            announce(i + 1, len(plan.runs), planned, remaining_seconds(plan, timings, i))
+
+    def done(i: int, run: PlannedRun) -> None:
+        planned = plan.runs[i]
         fresh = planned.run.action in ("train", "restart")
-        run_plan([planned.run], progress=progress, console=console)
-        if fresh and planned.run.status == FINISHED and planned.run.seconds is not None:
-            timings[planned.run.name] = round(planned.run.seconds, 1)
+        if fresh and run.status == FINISHED and run.seconds is not None:
+            timings[run.name] = round(run.seconds, 1)
             _write_timings(plan.out, timings)
+        if bar is not None:
+            bar.advance(task)
+
+    runs = [p.run for p in plan.runs]
+    if isinstance(launcher, LocalLauncher) and launcher.jobs == 1:
+        bar = task = None
+        for i, planned in enumerate(plan.runs):
+            if announce is not None:
+                announce(i + 1, len(plan.runs), planned, remaining_seconds(plan, timings, i))
+            launcher.run([planned.run], lambda _, run, i=i: done(i, run))
+        return True
+    with runs_progress(len(runs), progress, console) as (bar, task):
+        return launcher.run(runs, done)

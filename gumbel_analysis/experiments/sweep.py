@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from gumbel_analysis.errors import InputError
+from gumbel_analysis.experiments.launch import Launcher, LocalLauncher, runs_progress
 from gumbel_analysis.experiments.plan import (  # noqa: F401 - the sweep's vocabulary
     EVALUATE,
     RESTART,
@@ -27,12 +28,38 @@ from gumbel_analysis.experiments.plan import (  # noqa: F401 - the sweep's vocab
     check_out_folder,
     plan_run,
 )
-from gumbel_analysis.experiments.plan import run_plan as run_sweep  # noqa: F401
 from gumbel_analysis.experiments.runs import FAILED, is_run_folder, read_run
 from gumbel_analysis.experiments.table import ResultTable, build_table
 from gumbel_analysis.spec.losses import TEMPERATURE_OPTION
 
 FIGURE_NAME = "figure_1ii.png"
+
+
+def run_sweep(
+    plan: list[PlannedRun],
+    *,
+    launcher: Launcher | None = None,
+    progress: bool = True,
+    console: Any = None,
+    announce: Callable[[int, int, PlannedRun], None] | None = None,
+) -> bool:
+    """Carry out the sweep's runs with ``launcher`` (default: one at a time in this process,
+    announcing each). True when every run has ended (False: SLURM jobs still out)."""
+    launcher = launcher or LocalLauncher(1, progress=progress, console=console)
+    if isinstance(launcher, LocalLauncher) and launcher.jobs == 1:
+        for i, item in enumerate(plan, 1):
+            if announce is not None:
+                announce(i, len(plan), item)
+            launcher.run([item])
+        return True
+    if plan:
+        # The embedded data is made (and cached) here, once, before any child or job starts:
+        # children racing to make it would each write a copy.
+        from gumbel_analysis.engine.setup import data_paths
+
+        data_paths(plan[0].values.get("data"))
+    with runs_progress(len(plan), progress, console) as (bar, task):
+        return launcher.run(plan, lambda i, run: bar.advance(task) if bar is not None else None)
 
 
 def run_name(temperature: float, seed: int) -> str:
