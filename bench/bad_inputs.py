@@ -896,6 +896,8 @@ def cases(fx: dict[str, Path], work: Path) -> list[Case]:
     for out_ in (fx["file"], Path(str(fx["file"]) + "/sub"), fx["sweep_other"]):
         args = ["sweep", "--out", str(out_), "--data", d, *SHORT, *FAST, "-t", "1.0"]
         c.append(Case("sweep", args, watch=[fx["sweep_other"]]))
+    for args in LAUNCH_CASES:
+        sweep("-t", "1.0", *args)
 
     # ---- reproduce: in a subprocess with a limit, since a case answered by training would
     # train for minutes (no --max-iters)
@@ -915,6 +917,7 @@ def cases(fx: dict[str, Path], work: Path) -> list[Case]:
         ["--device", "tpu"],
         ["--workers", "-1"],
         ["--checkpoint-every", "-1"],
+        *LAUNCH_CASES,
     ):
         repro(*args)
     if not CUDA:
@@ -927,6 +930,19 @@ def cases(fx: dict[str, Path], work: Path) -> list[Case]:
     )
     return c
 
+
+#: --jobs, --launcher and the SLURM options, bad for sweep and reproduce alike.
+LAUNCH_CASES = (
+    ["--jobs", "0"],
+    ["--jobs", "-2"],
+    ["--jobs", "two"],
+    ["--launcher", "pbs"],
+    ["--no-wait"],
+    ["--launcher", "slurm", "--time", "0"],
+    ["--launcher", "slurm", "--gpus-per-job", "-1"],
+    ["--launcher", "slurm", "--cpus-per-job", "0"],
+    ["--launcher", "slurm", "--partition", ""],
+)
 
 #: Table fixtures that are not bad by themselves (used as --baseline or with a finite case).
 TABLE_NOT_BAD = {"tbl_ap_nan", "tbl_unfinished", "tbl_two_configs", "tbl_other"}
