@@ -143,6 +143,11 @@ def main() -> None:
         f"{sum(serial.values()):.1f} s serial: {gain:.2f}x the throughput"
     )
     hours = report["projected_hours"]
+    if report["projected_from_epochs"]:
+        console.print(
+            f"upper bound: each run's evaluation is counted {scale:g} times; with few epochs "
+            "it dominates, so read the throughput ratio, not these hours"
+        )
     console.print(
         f"the whole material ({report['material_runs_per_seed']} runs per seed): serial "
         f"{hours['serial_1_seed']:.1f} h per seed, {hours['serial_3_seeds']:.1f} h with 3; "
