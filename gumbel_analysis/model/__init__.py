@@ -14,11 +14,11 @@ from gumbel_analysis.model.build import (
 )
 from gumbel_analysis.model.heads import (
     BoxPredictor,
-    CosineConv1x1,
     LossRoIHeads,
     box_regression_loss,
     to_loss_labels,
 )
+from gumbel_analysis.model.mask_predictor import CosineConv1x1, own_class_mask_logits
 
 __all__ = [
     "ENH_NMS_IOU",
@@ -31,6 +31,7 @@ __all__ = [
     "box_regression_loss",
     "build_model",
     "get_preset",
+    "own_class_mask_logits",
     "read_weights",
     "to_loss_labels",
 ]

@@ -21,7 +21,8 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses.base import ClassificationLoss
-from gumbel_analysis.model.heads import BoxPredictor, CosineConv1x1, LossRoIHeads
+from gumbel_analysis.model.heads import BoxPredictor, LossRoIHeads
+from gumbel_analysis.model.mask_predictor import CosineConv1x1
 from gumbel_analysis.spec.presets import BASIC_BLOCK_DEPTHS, PRESETS, Preset
 
 #: Test NMS IoU of torchvision / the paper's baseline, and of the paper's enhancements.

@@ -2,8 +2,9 @@
 
 torchvision's ``RoIHeads`` hard-codes softmax cross-entropy (``fastrcnn_loss``) and softmax scores
 (``postprocess_detections``). :class:`LossRoIHeads` subclasses it and re-orchestrates its public
-building blocks (sampling, RoI pooling, box head, box coder, ``maskrcnn_loss``,
-``maskrcnn_inference``) around a :class:`~gumbel_analysis.losses.ClassificationLoss`.
+building blocks (sampling, RoI pooling, box head, box coder, ``project_masks_on_boxes``) around a
+:class:`~gumbel_analysis.losses.ClassificationLoss`; the mask logits come from
+:func:`~gumbel_analysis.model.mask_predictor.own_class_mask_logits`.
 
 Label conventions. torchvision's targets and outputs use ``0`` = background and ``1..C`` for the
 foreground classes; the losses use ``0..C-1`` for the foreground and ``C`` for the background, with
@@ -22,17 +23,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
-from torchvision.models.detection.roi_heads import (
-    RoIHeads,
-    maskrcnn_inference,
-    maskrcnn_loss,
-)
+from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
 from torchvision.ops import boxes as box_ops
 
 from gumbel_analysis.losses.base import ClassificationLoss
+from gumbel_analysis.model.mask_predictor import own_class_mask_logits
 
-#: Temperature of the normalised (cosine) mask predictor, as in the Seesaw Loss paper.
-MASK_COSINE_TEMPERATURE = 20.0
+#: Detections whose masks are computed at a time in inference.
+MASK_INFERENCE_CHUNK = 64
 #: torchvision's box-regression loss: smooth L1 with this beta.
 BOX_SMOOTH_L1_BETA = 1.0 / 9.0
 
@@ -62,38 +60,25 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
-class CosineConv1x1(nn.Module):
-    """Normalised 1x1 convolution: ``T * cos(w_c, x) + b_c`` at every pixel.
-
-    Weights and features are L2-normalised over the channels, so the output does not change when
-    the features are scaled (the Seesaw Loss paper's normalised mask predictor, T = 20; the bias
-    follows its reference implementation).
-    """
-
-    def __init__(
-        self,
-        in_channels: int,
-        out_channels: int,
-        temperature: float = MASK_COSINE_TEMPERATURE,
-        eps: float = 1e-6,
-    ):
-        super().__init__()
-        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, 1, 1))
-        self.bias = nn.Parameter(torch.zeros(out_channels))
-        nn.init.kaiming_normal_(self.weight, mode="fan_out", nonlinearity="relu")
-        self.temperature = float(temperature)
-        self.eps = eps
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x / (x.norm(dim=1, keepdim=True) + self.eps)
-        w = self.weight / (self.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1) + self.eps)
-        return F.conv2d(x, w * self.temperature, self.bias)
-
-    def extra_repr(self) -> str:
-        return (
-            f"{self.weight.shape[1]}, {self.weight.shape[0]}, temperature={self.temperature}, "
-            f"eps={self.eps}"
-        )
+def mask_loss(
+    mask_logits: torch.Tensor,
+    proposals: list[torch.Tensor],
+    gt_masks: list[torch.Tensor],
+    matched_idxs: list[torch.Tensor],
+) -> torch.Tensor:
+    """torchvision's ``maskrcnn_loss`` on own-class logits [K, M, M]: the mean binary
+    cross-entropy against each RoI's matched instance mask, cropped and resized to M x M by
+    RoIAlign; 0 (with a gradient path) when there is no foreground RoI."""
+    size = mask_logits.shape[-1]
+    targets = torch.cat(
+        [
+            project_masks_on_boxes(m, p, i, size)
+            for m, p, i in zip(gt_masks, proposals, matched_idxs, strict=True)
+        ]
+    )
+    if targets.numel() == 0:
+        return mask_logits.sum() * 0
+    return F.binary_cross_entropy_with_logits(mask_logits, targets)
 
 
 def box_regression_loss(
@@ -166,8 +151,9 @@ class LossRoIHeads(RoIHeads):
                 for b, k, s in zip(boxes, labels, scores, strict=True)
             ]
             if self.has_mask():
-                mask_logits = self.mask_logits(features, boxes, image_shapes)
-                masks = maskrcnn_inference(mask_logits, [k - 1 for k in labels])
+                # Each detection's mask is its own class's channel, as torchvision's inference.
+                mask_logits = self.mask_logits(features, boxes, image_shapes, torch.cat(labels) - 1)
+                masks = mask_logits.sigmoid().unsqueeze(1).split([len(k) for k in labels])
                 for r, m in zip(result, masks, strict=True):
                     r["masks"] = m
             return result, {}
@@ -186,11 +172,11 @@ class LossRoIHeads(RoIHeads):
             fg = [torch.where(k > 0)[0] for k in labels]
             fg_boxes = [p[i] for p, i in zip(proposals, fg, strict=True)]
             fg_matched = [m[i] for m, i in zip(matched_idxs, fg, strict=True)]
-            losses["loss_mask"] = maskrcnn_loss(
-                self.mask_logits(features, fg_boxes, image_shapes),
+            fg_classes = torch.cat([k[i] for k, i in zip(labels, fg, strict=True)]) - 1
+            losses["loss_mask"] = mask_loss(
+                self.mask_logits(features, fg_boxes, image_shapes, fg_classes),
                 fg_boxes,
                 [t["masks"] for t in targets],
-                [t["labels"] - 1 for t in targets],
                 fg_matched,
             )
         return [], losses
@@ -200,11 +186,29 @@ class LossRoIHeads(RoIHeads):
         features: dict[str, torch.Tensor],
         boxes: list[torch.Tensor],
         image_shapes: list[tuple[int, int]],
+        classes: torch.Tensor,
     ) -> torch.Tensor:
-        """Mask logits [K, C, M, M] of the boxes (all images concatenated)."""
-        return self.mask_predictor(
-            self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
-        )
+        """Mask logits [K, M, M] of the boxes (all images concatenated), each of its class in
+        ``classes`` (0..C-1)."""
+        if self.training or sum(len(b) for b in boxes) <= MASK_INFERENCE_CHUNK:
+            x = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
+            return own_class_mask_logits(self.mask_predictor, x, classes)
+        # Inference keeps up to 300 detections per image, whose mask-head activations would take
+        # hundreds of MB at once; in chunks they stay in the cache. Each RoI's logits are its own,
+        # so chunking changes nothing but the order of the work.
+        chunks, offset = [], 0
+        no_boxes = [b[:0] for b in boxes]
+        for image, image_boxes in enumerate(boxes):
+            for part in image_boxes.split(MASK_INFERENCE_CHUNK):
+                only = [*no_boxes[:image], part, *no_boxes[image + 1 :]]
+                x = self.mask_head(self.mask_roi_pool(features, only, image_shapes))
+                chunks.append(
+                    own_class_mask_logits(
+                        self.mask_predictor, x, classes[offset : offset + len(part)]
+                    )
+                )
+                offset += len(part)
+        return torch.cat(chunks)
 
     def postprocess_detections(
         self,
