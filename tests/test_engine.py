@@ -169,3 +169,20 @@ def test_missing_data_folder_and_annotations(tmp_path, data_dir):
     (broken / "annotations" / "lvis_v1_val.json").unlink()
     with pytest.raises(InputError, match="annotation file not found"):
         train(small_config(broken, tmp_path / "run2"), progress=False)
+
+
+def test_flush_denormals_zeroes_denormals_only_inside_and_nests():
+    from gumbel_analysis.engine.setup import flush_denormals
+
+    denormal = torch.tensor([1e-39, 1e-30])  # float32: the first is denormal, the second normal
+
+    def product():
+        return (denormal * 1.0).tolist()
+
+    assert product()[0] > 0
+    with flush_denormals():
+        with flush_denormals():
+            assert product()[0] == 0
+        assert product()[0] == 0  # the outer block still flushes
+        assert product()[1] == pytest.approx(1e-30)
+    assert product()[0] > 0

@@ -29,7 +29,7 @@ from gumbel_analysis.data.dataset import LVISDetection
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.distributed import DistInfo, cleanup, init_distributed
 from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results
-from gumbel_analysis.engine.setup import data_paths, make_loss, pick_device
+from gumbel_analysis.engine.setup import data_paths, flush_denormals, make_loss, pick_device
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.io import (
     atomic_path,
@@ -273,7 +273,7 @@ def predict_and_evaluate(
     part = part_path(results, dist.rank)
     error: BaseException | None = None
     try:
-        with prediction_limits(model, score_threshold, max_dets):
+        with flush_denormals(), prediction_limits(model, score_threshold, max_dets):
             write_part(
                 part,
                 predict_batches(

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -72,6 +74,34 @@ def pick_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("--device cuda was asked for but CUDA is not available")
     return torch.device(name)
+
+
+_flush_depth = 0
+
+
+@contextmanager
+def flush_denormals() -> Iterator[None]:
+    """Inside: denormal floats (nonzero, below 1.2e-38 in float32) read and written as zero by
+    this thread's CPU arithmetic (``torch.set_flush_denormal``); off again when the outermost
+    such block ends.
+
+    Why: the Gumbel loss's gradient at a very negative logit x is about ``exp(x - exp(-x))``,
+    denormal in float32 for x < -4.4 (55% of a trained ``tiny`` model's classifier gradients),
+    and the CPU multiplies denormals about 100 times slower: the classifier's backward matrix
+    products took 16 ms instead of 0.15. Every update such a value makes is far below the
+    precision of the parameter it reaches: 20 training steps from a trained Gumbel model gave
+    bit-identical parameters with and without it (measured). The intra-op threads other than
+    the caller keep their setting, so the gain is that of single-threaded runs (``--jobs``).
+    """
+    global _flush_depth
+    _flush_depth += 1
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        _flush_depth -= 1
+        if _flush_depth == 0:
+            torch.set_flush_denormal(False)
 
 
 def seed_everything(seed: int) -> None:

@@ -39,6 +39,7 @@ from gumbel_analysis.engine.run_folder import (
 )
 from gumbel_analysis.engine.setup import (
     data_paths,
+    flush_denormals,
     make_loss,
     pick_device,
     seed_everything,
@@ -105,8 +106,9 @@ def train(
             trainer.load_state_dict(saved)
         if dist.is_main:
             write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
-        trainer.train()
-        return finish(cfg, model, val_set, device, run, dist, progress)
+        with flush_denormals():
+            trainer.train()
+            return finish(cfg, model, val_set, device, run, dist, progress)
     except Exception as err:
         # A fresh run that failed before its first checkpoint (bad data found late, a corrupt
         # image, a full disk) leaves nothing to resume: remove what it wrote, so that a plain
