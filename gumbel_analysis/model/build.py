@@ -16,13 +16,13 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import BackboneWithFPN
 from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.mask_rcnn import MaskRCNNHeads, MaskRCNNPredictor
-from torchvision.ops import MultiScaleRoIAlign
 from torchvision.ops.misc import FrozenBatchNorm2d
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses.base import ClassificationLoss
 from gumbel_analysis.model.heads import BoxPredictor, LossRoIHeads
 from gumbel_analysis.model.mask_predictor import CosineConv1x1
+from gumbel_analysis.model.roi_align import GatherMultiScaleRoIAlign
 from gumbel_analysis.spec.presets import BASIC_BLOCK_DEPTHS, PRESETS, Preset
 
 #: Test NMS IoU of torchvision / the paper's baseline, and of the paper's enhancements.
@@ -146,12 +146,12 @@ def build_model(
         rpn_post_nms_top_n_train=preset.rpn_post_nms_top_n_train,
         rpn_post_nms_top_n_test=preset.rpn_post_nms_top_n_test,
         rpn_batch_size_per_image=preset.rpn_batch_size_per_image,
-        box_roi_pool=MultiScaleRoIAlign(
+        box_roi_pool=GatherMultiScaleRoIAlign(
             preset.featmap_names, output_size=7, sampling_ratio=preset.roi_sampling_ratio
         ),
         box_head=TwoMLPHead(channels * 7**2, preset.box_representation_size),
         box_predictor=BoxPredictor(preset.box_representation_size, loss),
-        mask_roi_pool=MultiScaleRoIAlign(
+        mask_roi_pool=GatherMultiScaleRoIAlign(
             preset.featmap_names,
             output_size=preset.mask_roi_size,
             sampling_ratio=preset.roi_sampling_ratio,
