@@ -190,9 +190,13 @@ class LossRoIHeads(RoIHeads):
     ) -> torch.Tensor:
         """Mask logits [K, M, M] of the boxes (all images concatenated), each of its class in
         ``classes`` (0..C-1)."""
+
+        def logits(part: list[torch.Tensor], part_classes: torch.Tensor) -> torch.Tensor:
+            x = self.mask_head(self.mask_roi_pool(features, part, image_shapes))
+            return own_class_mask_logits(self.mask_predictor, x, part_classes)
+
         if self.training or sum(len(b) for b in boxes) <= MASK_INFERENCE_CHUNK:
-            x = self.mask_head(self.mask_roi_pool(features, boxes, image_shapes))
-            return own_class_mask_logits(self.mask_predictor, x, classes)
+            return logits(boxes, classes)
         # Inference keeps up to 300 detections per image, whose mask-head activations would take
         # hundreds of MB at once; in chunks they stay in the cache. Each RoI's logits are its own,
         # so chunking changes nothing but the order of the work.
@@ -201,12 +205,7 @@ class LossRoIHeads(RoIHeads):
         for image, image_boxes in enumerate(boxes):
             for part in image_boxes.split(MASK_INFERENCE_CHUNK):
                 only = [*no_boxes[:image], part, *no_boxes[image + 1 :]]
-                x = self.mask_head(self.mask_roi_pool(features, only, image_shapes))
-                chunks.append(
-                    own_class_mask_logits(
-                        self.mask_predictor, x, classes[offset : offset + len(part)]
-                    )
-                )
+                chunks.append(logits(only, classes[offset : offset + len(part)]))
                 offset += len(part)
         return torch.cat(chunks)
 
