@@ -20,6 +20,7 @@ from gumbel_analysis.cli.common import (
     reports_input_errors,
 )
 from gumbel_analysis.cli.training_options import (
+    AmpOption,
     CheckpointEveryOption,
     CpusPerJobOption,
     DeviceOption,
@@ -83,6 +84,7 @@ def reproduce(
         ),
     ] = False,
     device: DeviceOption = None,
+    amp: AmpOption = None,
     workers: WorkersOption = None,
     checkpoint_every: CheckpointEveryOption = None,
     jobs: JobsOption = None,
@@ -116,8 +118,10 @@ def reproduce(
     from gumbel_analysis.experiments.launch import LauncherKind, LaunchOptions
     from gumbel_analysis.experiments.report import write_report
 
-    machine = check_fields(device=device, workers=workers, checkpoint_every=checkpoint_every)
-    check_device_available(device)
+    machine = check_fields(
+        device=device, amp=amp, workers=workers, checkpoint_every=checkpoint_every
+    )
+    check_device_available(device, amp)
     launch = LaunchOptions(
         jobs, LauncherKind(launcher.value), wait, partition, time_limit, gpus_per_job, cpus_per_job
     )

@@ -17,6 +17,7 @@ from gumbel_analysis.cli.common import (
     reports_input_errors,
 )
 from gumbel_analysis.cli.training_options import (
+    AmpOption,
     BatchSizeOption,
     CheckpointEveryOption,
     CpusPerJobOption,
@@ -85,6 +86,7 @@ def sweep(
     max_iters: MaxItersOption = None,
     batch_size: BatchSizeOption = None,
     device: DeviceOption = None,
+    amp: AmpOption = None,
     workers: WorkersOption = None,
     checkpoint_every: CheckpointEveryOption = None,
     grad_log: GradLogOption = None,
@@ -126,7 +128,7 @@ def sweep(
     # The run options every run of the sweep shares (out and seed are each run's own).
     base = {k: v for k, v in given_fields(locals()).items() if k not in ("out", "seed")}
     check_fields(**base)
-    check_device_available(device)
+    check_device_available(device, amp)
     launch = LaunchOptions(
         jobs, LauncherKind(launcher.value), wait, partition, time_limit, gpus_per_job, cpus_per_job
     )

@@ -18,6 +18,7 @@ from gumbel_analysis.cli.common import (
     reports_input_errors,
 )
 from gumbel_analysis.cli.training_options import (
+    AmpOption,
     BatchSizeOption,
     CheckpointEveryOption,
     DataOption,
@@ -62,6 +63,7 @@ def train(
         ),
     ] = False,
     device: DeviceOption = None,
+    amp: AmpOption = None,
     workers: WorkersOption = None,
     max_iters: MaxItersOption = None,
     checkpoint_every: CheckpointEveryOption = None,

@@ -58,13 +58,15 @@ def given_fields(values: Mapping[str, Any]) -> dict[str, Any]:
     return given
 
 
-def check_device_available(device: str | None) -> None:
+def check_device_available(device: str | None, amp: bool | None = None) -> None:
     """Before anything is written: a ``--device`` this machine has (CUDA asked for where there is
-    none is one line). Imports torch only when a device is given."""
-    if device is not None:
-        from gumbel_analysis.engine.setup import pick_device
+    none is one line), and ``--amp`` where that device can run it. Imports torch only when one
+    is given."""
+    if device is not None or amp:
+        from gumbel_analysis.engine.setup import check_mixed_precision, pick_device
 
-        pick_device(FIELD_OPTIONS["device"].check(device))
+        dev = pick_device(FIELD_OPTIONS["device"].check(device or "auto"))
+        check_mixed_precision(amp, dev)
 
 
 def with_loss_options(command: Callable[..., Any]) -> Callable[..., Any]:
@@ -134,6 +136,7 @@ EpochsOption = field_option("epochs")
 ScheduleOption = field_option("schedule")
 BatchSizeOption = field_option("batch_size")
 DeviceOption = field_option("device")
+AmpOption = field_option("amp")
 WorkersOption = field_option("workers")
 MaxItersOption = field_option("max_iters")
 CheckpointEveryOption = field_option("checkpoint_every")

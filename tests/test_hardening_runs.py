@@ -110,6 +110,20 @@ def test_sweep_and_reproduce_refuse_cuda_without_writing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
+def test_amp_without_bfloat16_cpu_is_refused_without_writing(tmp_path, monkeypatch, data_dir):  # noqa: F811
+    from gumbel_analysis.engine import setup
+
+    monkeypatch.setattr(setup, "cpu_supports_bf16", lambda: False)
+    message = "--amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX)"
+    for args in (
+        ["train", "--data", data_dir, "--out", tmp_path / "t", "--amp", "--device", "cpu"],
+        ["sweep", "--out", tmp_path / "s", "-t", "1", "--amp", "--device", "cpu"],
+        ["reproduce", "--out", tmp_path / "r", "--quick", "--amp"],
+    ):
+        refused([str(a) for a in args], message, tmp_path)
+    assert not any(tmp_path.iterdir())
+
+
 def test_reproduce_refuses_another_runs_folder_before_it_makes_the_data(tmp_path):
     """Every run is planned (and a folder of another configuration refused) before OUT/data is
     made: a refusal writes nothing."""

@@ -76,6 +76,22 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def check_mixed_precision(amp: bool | None, device: torch.device) -> None:
+    """``--amp`` on the CPU autocasts to bfloat16, which oneDNN runs only on a CPU with bf16
+    instructions (AVX512-BF16 or AMX); elsewhere it would emulate them, slower than float32."""
+    if amp and device.type == "cpu" and not cpu_supports_bf16():
+        raise InputError(
+            "--amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); run without --amp"
+        )
+
+
+def cpu_supports_bf16() -> bool:
+    """Whether oneDNN runs bfloat16 natively on this CPU."""
+    return torch.backends.mkldnn.is_available() and bool(
+        torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    )
+
+
 _flush_depth = 0
 
 

@@ -38,6 +38,7 @@ from gumbel_analysis.engine.run_folder import (
     resume_config,
 )
 from gumbel_analysis.engine.setup import (
+    check_mixed_precision,
     data_paths,
     flush_denormals,
     make_loss,
@@ -154,6 +155,7 @@ def build_config(
     train_set, val_set = build_data(cfg, dist)
     stats = DataStats(train_set.class_frequency, train_set.frequency_groups)
     cfg = resolve(cfg, world_size=dist.world_size, device_type=device.type, data=stats)
+    check_mixed_precision(cfg.amp, device)
     loss = make_loss(cfg, train_set.class_frequency, train_set.frequency_groups)
     return cfg, device, (train_set, val_set), loss
 
@@ -177,6 +179,10 @@ def build_training_model(
     """The model on ``device``, and the module the loop trains (DDP-wrapped when distributed)."""
     model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh, weights=cfg.weights)
     model.to(device)
+    if cfg.amp and device.type == "cpu":
+        # oneDNN's bfloat16 convolutions are about 10% faster on NHWC tensors (measured on the
+        # tiny preset); the layout changes no result beyond rounding.
+        model.to(memory_format=torch.channels_last)
     if not dist.enabled:
         return model, model
     ddp_model = DistributedDataParallel(

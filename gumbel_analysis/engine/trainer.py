@@ -102,7 +102,10 @@ class Trainer:
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.scaler = build_scaler(cfg, device) if scaler is None else scaler
-        self.amp = self.scaler.is_enabled()
+        # CUDA autocasts to float16 behind the loss scaler; the CPU to bfloat16, whose exponent
+        # range is float32's, so its gradients need no scaling.
+        self.amp = bool(cfg.amp)
+        self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
         self.iters_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
         self.max_iter = cfg.epochs * self.iters_per_epoch
         if cfg.max_iters is not None:
@@ -238,7 +241,7 @@ class Trainer:
         images, targets = self._to_device(images, targets)
         for group in self.optimizer.param_groups:
             group["lr"] = self.lr
-        with torch.autocast(self.device.type, enabled=self.amp):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.amp):
             loss_dict = self.model(images, targets)
         loss = sum(loss_dict.values())
         value = float(loss.detach())

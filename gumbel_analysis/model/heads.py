@@ -78,7 +78,7 @@ def mask_loss(
     )
     if targets.numel() == 0:
         return mask_logits.sum() * 0
-    return F.binary_cross_entropy_with_logits(mask_logits, targets)
+    return F.binary_cross_entropy_with_logits(mask_logits.float(), targets)
 
 
 def box_regression_loss(
@@ -158,6 +158,8 @@ class LossRoIHeads(RoIHeads):
                     r["masks"] = m
             return result, {}
 
+        # The losses in float32 under autocast too (as the scores of postprocess_detections).
+        class_logits, box_regression = class_logits.float(), box_regression.float()
         loss_labels = to_loss_labels(torch.cat(labels), self.num_classes)
         for hook in self._class_logits_hooks.values():
             hook(class_logits, loss_labels)

@@ -105,7 +105,14 @@ class TrainConfig:
         pattern=r"auto|cpu|cuda(:[0-9]+)?",
         pattern_text="cpu, cuda, cuda:N or auto",
     )
-    amp: bool | None = _field("bool", flag=None)  # mixed precision; default on for CUDA
+    amp: bool | None = _field(
+        "bool",
+        help=(
+            "Mixed precision: float16 autocast with loss scaling on CUDA, bfloat16 autocast (and "
+            "channels-last convolutions) on a CPU with bf16 instructions. Losses, box decoding "
+            "and inference stay float32. Default: on for CUDA, off on the CPU."
+        ),
+    )
     workers: int | None = _field("int", help="Data loader workers.", low=0)
     seed: int = _field("int", 0, "Random seed.", low=0, high=_SEED_MAX)
     # Output.
@@ -182,7 +189,15 @@ FIELD_OPTIONS: dict[str, Option] = {
 #: Options that ``train --resume`` applies when they differ from the saved run: they change
 #: neither the model nor the order of the data (another ``device`` may change the last bits of
 #: the floating-point results). Any other difference is refused.
-SAFE_ON_RESUME = ("device", "workers", "max_iters", "checkpoint_every", "log_every", "evaluate")
+SAFE_ON_RESUME = (
+    "device",
+    "amp",
+    "workers",
+    "max_iters",
+    "checkpoint_every",
+    "log_every",
+    "evaluate",
+)
 
 #: Top-level keys of earlier config files, now loss options; a value equal to the old default
 #: was written by every run whatever its loss, and is dropped.
