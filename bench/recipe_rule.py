@@ -1,0 +1,148 @@
+"""The rule of docs/reproduce.md for a recipe change, tests 2 and 3, on two Table 3 folders.
+
+    python bench/recipe_rule.py CURRENT/table3 CANDIDATE/table3 [--json]
+
+Each folder is a ``gumbel reproduce --only table3 --seeds 3`` OUT (its ``runs/CONFIG-1x-sS``),
+trained with the current recipe and with the candidate on the same seeds.
+
+* **spread**: the per-seed sd of the paired Gumbel - Sigmoid and Gumbel - Softmax differences,
+  on AP and APr, under the candidate is at most 1.25 times that under the current recipe;
+* **no move**: no configuration's AP, APr or APb moves between the recipes: the paired Student t
+  test over the shared seeds (candidate - current, df = n - 1) rejects nowhere at 5% after Holm
+  over the nine.
+
+Test 1 (speed) is ``bench/reproduce_cost.py``. The candidate is taken only if all three hold.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from gumbel_analysis.experiments.stats import ALPHA, holm, paired
+
+CONFIGS = ("sigmoid", "softmax", "gumbel")
+METRICS = ("AP", "APr", "APb")
+SPREAD_METRICS = ("AP", "APr")
+PAIRS = (("gumbel", "sigmoid"), ("gumbel", "softmax"))
+MAX_SPREAD_RATIO = 1.25
+
+
+def read_table3(out: Path) -> dict[str, dict[int, dict[str, float]]]:
+    """``{config: {seed: metrics}}`` of the finished 1x runs under ``out/runs``."""
+    found: dict[str, dict[int, dict[str, float]]] = {c: {} for c in CONFIGS}
+    for config in CONFIGS:
+        for path in sorted((out / "runs").glob(f"{config}-1x-s*")):
+            metrics = path / "metrics.json"
+            if metrics.is_file():
+                found[config][int(path.name.rsplit("-s", 1)[1])] = json.loads(metrics.read_text())
+    return found
+
+
+def judge(current: dict, candidate: dict) -> dict:
+    seeds = sorted(
+        set.intersection(*(set(side[c]) for side in (current, candidate) for c in CONFIGS))
+    )
+    if len(seeds) < 2:
+        raise SystemExit("error: the two folders share fewer than 2 seeds of every configuration")
+    spread = []
+    for a, b in PAIRS:
+        for m in SPREAD_METRICS:
+            sd = {
+                name: statistics.stdev([side[a][s][m] - side[b][s][m] for s in seeds])
+                for name, side in (("current", current), ("candidate", candidate))
+            }
+            ratio = sd["candidate"] / sd["current"] if sd["current"] > 0 else float("inf")
+            spread.append(
+                {
+                    "pair": f"{a} - {b}",
+                    "metric": m,
+                    **sd,
+                    "ratio": ratio,
+                    "holds": ratio <= MAX_SPREAD_RATIO,
+                }
+            )
+    moves = []
+    for c in CONFIGS:
+        for m in METRICS:
+            d = paired([candidate[c][s][m] - current[c][s][m] for s in seeds])
+            moves.append(
+                {
+                    "config": c,
+                    "metric": m,
+                    "delta": d.delta,
+                    "se": d.se,
+                    "t": d.t,
+                    "df": d.df,
+                    "p": d.p,
+                }
+            )
+    for row, p_holm in zip(moves, holm([r["p"] for r in moves]), strict=True):
+        row["p_holm"] = p_holm
+        row["moved"] = p_holm < ALPHA
+    return {
+        "seeds": seeds,
+        "spread": spread,
+        "moves": moves,
+        "spread_holds": all(r["holds"] for r in spread),
+        "no_move_holds": not any(r["moved"] for r in moves),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("current", type=Path)
+    parser.add_argument("candidate", type=Path)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    for path in (args.current, args.candidate):
+        if not (path / "runs").is_dir():
+            sys.exit(f"error: {path} has no runs/ folder (a gumbel reproduce OUT)")
+    verdict = judge(read_table3(args.current), read_table3(args.candidate))
+    if args.json:
+        print(json.dumps(verdict, indent=2))
+        return
+    console = Console()
+    n = len(verdict["seeds"])
+    spread = Table(title=f"spread: sd over seeds {verdict['seeds']} of the paired difference")
+    for col in ("pair", "metric", "current", "candidate", "ratio", f"≤ {MAX_SPREAD_RATIO}"):
+        spread.add_column(col, justify="left" if col in ("pair", "metric") else "right")
+    for r in verdict["spread"]:
+        spread.add_row(
+            r["pair"],
+            r["metric"],
+            f"{r['current']:.2f}",
+            f"{r['candidate']:.2f}",
+            f"{r['ratio']:.2f}",
+            "yes" if r["holds"] else "no",
+        )
+    console.print(spread)
+    moves = Table(title=f"no move: candidate - current, paired t (n = {n}, df = {n - 1}), Holm/9")
+    for col in ("config", "metric", "Δ", "SE", "t", "p", "p Holm", "moved"):
+        moves.add_column(col, justify="left" if col in ("config", "metric") else "right")
+    for r in verdict["moves"]:
+        moves.add_row(
+            r["config"],
+            r["metric"],
+            f"{r['delta']:+.2f}",
+            f"{r['se']:.2f}",
+            f"{r['t']:+.2f}",
+            f"{r['p']:.3f}",
+            f"{r['p_holm']:.3f}",
+            "yes" if r["moved"] else "no",
+        )
+    console.print(moves)
+    console.print(
+        f"spread test {'holds' if verdict['spread_holds'] else 'fails'}; "
+        f"no-move test {'holds' if verdict['no_move_holds'] else 'fails'}"
+    )
+
+
+if __name__ == "__main__":
+    main()
