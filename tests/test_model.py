@@ -288,3 +288,35 @@ def test_images_without_objects_or_detections():
         outputs = model(images)
     for out, image in zip(outputs, images, strict=True):
         assert out["boxes"].shape == (0, 4) and out["masks"].shape == (0, 1, *image.shape[1:])
+
+
+@pytest.mark.parametrize("name", ["sigmoid", "softmax", "gumbel"])
+def test_under_bfloat16_autocast_boxes_scores_and_losses_stay_float32(name):
+    """Autocast computes the convolutions and matrix products in bfloat16; the proposals (the
+    RPN head's outputs), the RoI sample positions, the losses, the boxes, the scores and the
+    masks stay float32, and the detections are those of float32 up to the rounding."""
+    torch.manual_seed(0)
+    model = build_model("tiny", C, make_loss(name))
+    images, targets = make_batch()
+    seen = {}
+
+    def record(module, args):
+        seen["features"] = next(iter(args[0].values())).dtype
+        seen["proposals"] = {p.dtype for p in args[1]}
+
+    model.roi_heads.register_forward_pre_hook(record)
+    model.train()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        losses = model(images, targets)
+    assert seen == {"features": torch.bfloat16, "proposals": {torch.float32}}
+    assert {v.dtype for v in losses.values()} == {torch.float32}
+    model.eval()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        outputs = model(images)
+    with torch.no_grad():
+        exact = model(images)
+    for out, ref in zip(outputs, exact, strict=True):
+        assert {out[k].dtype for k in ("boxes", "scores", "masks")} == {torch.float32}
+        top = min(len(out["scores"]), len(ref["scores"]), 5)
+        assert top > 0
+        torch.testing.assert_close(out["scores"][:top], ref["scores"][:top], rtol=0.05, atol=1e-3)

@@ -65,3 +65,17 @@ def test_no_boxes():
     features, boxes = features_and_boxes(torch.float32)
     out = GatherMultiScaleRoIAlign(list("0123"), 7, 1)(features, [b[:0] for b in boxes], IMAGES)
     assert out.shape == (0, 5, 7, 7)
+
+
+def test_gather_roi_align_of_bfloat16_features_samples_in_float32():
+    """Under autocast the features are bfloat16: the samples are placed and weighted in float32
+    (as torchvision's RoIAlign under autocast), so the result is torchvision's on the same
+    features in float32, rounded once to bfloat16."""
+    features, boxes = features_and_boxes(torch.float32, seed=5)
+    half = OrderedDict((k, v.to(torch.bfloat16)) for k, v in features.items())
+    ours = GatherMultiScaleRoIAlign(list("0123"), 7, 1)(half, boxes, IMAGES)
+    exact = MultiScaleRoIAlign(list("0123"), 7, 1)(
+        OrderedDict((k, v.float()) for k, v in half.items()), boxes, IMAGES
+    )
+    assert ours.dtype == torch.bfloat16
+    torch.testing.assert_close(ours.float(), exact.to(torch.bfloat16).float(), rtol=0, atol=0)

@@ -29,7 +29,14 @@ from gumbel_analysis.data.dataset import LVISDetection
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.distributed import DistInfo, cleanup, init_distributed
 from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results
-from gumbel_analysis.engine.setup import data_paths, flush_denormals, make_loss, pick_device
+from gumbel_analysis.engine.setup import (
+    autocast_dtype,
+    cpu_supports_bf16,
+    data_paths,
+    flush_denormals,
+    make_loss,
+    pick_device,
+)
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.io import (
     atomic_path,
@@ -95,8 +102,10 @@ def predict_batches(
     *,
     workers: int = 0,
     progress: bool = True,
+    amp: bool = False,
 ) -> Iterator[list[list[dict]]]:
-    """For each batch, the LVIS result entries of each of its images (a list per image)."""
+    """For each batch, the LVIS result entries of each of its images (a list per image); with
+    ``amp`` under autocast (:func:`autocast_dtype`; boxes, scores and masks stay float32)."""
     model.eval()
     loader = DataLoader(
         _Images(dataset),
@@ -108,7 +117,8 @@ def predict_batches(
     with Progress(disable=not progress, transient=True) as bar:
         task = bar.add_task("predict", total=sum(len(b) for b in batches))
         for images, image_ids in loader:
-            outputs = model([img.to(device, non_blocking=True) for img in images])
+            with torch.autocast(device.type, dtype=autocast_dtype(device), enabled=amp):
+                outputs = model([img.to(device, non_blocking=True) for img in images])
             outputs = [{k: v.cpu() for k, v in out.items()} for out in outputs]
             yield [
                 detections_to_results([out], [image_id], dataset.category_ids)
@@ -253,10 +263,11 @@ def predict_and_evaluate(
     max_dets: int = Recipe.max_dets,
     dist: DistInfo | None = None,
     progress: bool = True,
+    amp: bool = False,
     **evaluate_options: Any,
 ) -> dict[str, Any] | None:
     """Predict ``dataset`` (this rank's share), write ``results`` (rank 0 merges the parts) and
-    evaluate it; the metrics on rank 0, None on the others.
+    evaluate it; the metrics on rank 0, None on the others. ``amp``: predict under autocast.
 
     ``evaluate_options`` go to :func:`evaluate_results` (``iou_types``, ``evaluator``); it keeps
     ``max_dets`` per image, as the model does."""
@@ -277,7 +288,7 @@ def predict_and_evaluate(
             write_part(
                 part,
                 predict_batches(
-                    model, dataset, device, batches, workers=workers, progress=progress
+                    model, dataset, device, batches, workers=workers, progress=progress, amp=amp
                 ),
             )
     except Exception as err:  # told to the other ranks before it is raised
@@ -321,6 +332,8 @@ def evaluate_run(
         batch_size=cfg.batch_size or 1,
         dist=dist,
         progress=progress and dist.is_main,
+        # As the run trained: a run with --amp predicts under autocast too (where it can).
+        amp=bool(cfg.amp) and (device.type != "cpu" or cpu_supports_bf16()),
         **settings,
         **evaluate_options,
     )

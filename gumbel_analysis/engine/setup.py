@@ -85,6 +85,12 @@ def check_mixed_precision(amp: bool | None, device: torch.device) -> None:
         )
 
 
+def autocast_dtype(device: torch.device) -> torch.dtype:
+    """What ``--amp`` autocasts to: float16 on CUDA (behind a loss scaler), bfloat16 on the CPU
+    (float32's exponent range: no scaling needed)."""
+    return torch.bfloat16 if device.type == "cpu" else torch.float16
+
+
 def cpu_supports_bf16() -> bool:
     """Whether oneDNN runs bfloat16 natively on this CPU."""
     return torch.backends.mkldnn.is_available() and bool(

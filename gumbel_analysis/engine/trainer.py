@@ -21,6 +21,7 @@ from torch.utils.data import DataLoader, Sampler
 from gumbel_analysis.data.dataset import LVISDetection, collate
 from gumbel_analysis.engine import checkpoint as ckpt
 from gumbel_analysis.engine.distributed import DistInfo
+from gumbel_analysis.engine.setup import autocast_dtype
 from gumbel_analysis.errors import InputError, TrainingError
 from gumbel_analysis.hooks.base import HookBase, HookList
 from gumbel_analysis.hooks.events import EventStorage
@@ -102,10 +103,8 @@ class Trainer:
             params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
         )
         self.scaler = build_scaler(cfg, device) if scaler is None else scaler
-        # CUDA autocasts to float16 behind the loss scaler; the CPU to bfloat16, whose exponent
-        # range is float32's, so its gradients need no scaling.
         self.amp = bool(cfg.amp)
-        self.amp_dtype = torch.bfloat16 if device.type == "cpu" else torch.float16
+        self.amp_dtype = autocast_dtype(device)
         self.iters_per_epoch = math.ceil(len(sampler) / cfg.batch_size)
         self.max_iter = cfg.epochs * self.iters_per_epoch
         if cfg.max_iters is not None:

@@ -7,6 +7,7 @@ downloaded. Backbone or model weights come from a local file (``--weights PATH``
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -177,9 +178,18 @@ def build_model(
         mask_head=tv_heads.mask_head,
         mask_predictor=tv_heads.mask_predictor,
     )
+    # Under autocast the RPN head's deltas would be half precision, and torchvision decodes the
+    # proposals in their dtype: boxes rounded to 0.5 px at 128 px (bfloat16), the box targets
+    # with them. Its outputs in float32 keep every box computation in float32.
+    model.rpn.head.register_forward_hook(_outputs_in_float32)
     if state is not None:
         load_weights(model, state, Path(weights))
     return model
+
+
+def _outputs_in_float32(module: nn.Module, inputs: Any, outputs: Any) -> Any:
+    """A forward hook: the RPN head's (objectness, deltas) lists of tensors as float32."""
+    return tuple([t.float() for t in group] for group in outputs)
 
 
 def read_weights(path: str | Path) -> dict[str, torch.Tensor]:

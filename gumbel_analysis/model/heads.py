@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Callable
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,12 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+def at_least_float32(*tensors: torch.Tensor) -> Any:
+    """The tensors in float32 where autocast made them half precision (float64 stays)."""
+    cast = [t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
+    return cast[0] if len(cast) == 1 else tuple(cast)
+
+
 def mask_loss(
     mask_logits: torch.Tensor,
     proposals: list[torch.Tensor],
@@ -78,7 +85,7 @@ def mask_loss(
     )
     if targets.numel() == 0:
         return mask_logits.sum() * 0
-    return F.binary_cross_entropy_with_logits(mask_logits.float(), targets)
+    return F.binary_cross_entropy_with_logits(at_least_float32(mask_logits), targets)
 
 
 def box_regression_loss(
@@ -153,13 +160,14 @@ class LossRoIHeads(RoIHeads):
             if self.has_mask():
                 # Each detection's mask is its own class's channel, as torchvision's inference.
                 mask_logits = self.mask_logits(features, boxes, image_shapes, torch.cat(labels) - 1)
-                masks = mask_logits.sigmoid().unsqueeze(1).split([len(k) for k in labels])
+                masks = at_least_float32(mask_logits).sigmoid().unsqueeze(1)
+                masks = masks.split([len(k) for k in labels])
                 for r, m in zip(result, masks, strict=True):
                     r["masks"] = m
             return result, {}
 
         # The losses in float32 under autocast too (as the scores of postprocess_detections).
-        class_logits, box_regression = class_logits.float(), box_regression.float()
+        class_logits, box_regression = at_least_float32(class_logits, box_regression)
         loss_labels = to_loss_labels(torch.cat(labels), self.num_classes)
         for hook in self._class_logits_hooks.values():
             hook(class_logits, loss_labels)
@@ -226,8 +234,10 @@ class LossRoIHeads(RoIHeads):
         """
         num_classes = self.num_classes
         per_image = [len(p) for p in proposals]
-        # float32 even under autocast: half precision cannot place boxes in 1333 px images.
-        all_boxes = self.box_coder.decode(box_regression.float(), proposals).split(per_image)
+        # float32 even under autocast: half precision cannot place boxes in 1333 px images, and
+        # its 8 (bfloat16) or 11 (float16) bits would tie the scores AP ranks by.
+        box_regression, class_logits = at_least_float32(box_regression, class_logits)
+        all_boxes = self.box_coder.decode(box_regression, proposals).split(per_image)
         all_scores = self.classification_loss.scores(class_logits).split(per_image)
         out_boxes, out_scores, out_labels = [], [], []
         for boxes, scores, shape in zip(all_boxes, all_scores, image_shapes, strict=True):

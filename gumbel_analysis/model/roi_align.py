@@ -78,7 +78,11 @@ def roi_align_gather(
     """
     ph, pw = output_size
     s = sampling_ratio
-    dtype, device = features[0].dtype, features[0].device
+    # In float32 under autocast too, as torchvision's RoIAlign: the sample positions and
+    # weights need its precision; the result has the features' dtype.
+    out_dtype, device = features[0].dtype, features[0].device
+    dtype = torch.promote_types(torch.promote_types(out_dtype, rois.dtype), torch.float32)
+    rois = rois.to(dtype)
     channels = features[0].shape[1]
     levels = torch.zeros(len(rois), dtype=torch.long, device=device) if levels is None else levels
     heights = torch.tensor([f.shape[2] for f in features], dtype=dtype, device=device)
@@ -115,11 +119,11 @@ def roi_align_gather(
     index = torch.stack(corners, -1).view(k, ph, s, pw, s, 4).permute(0, 1, 3, 2, 4, 5)
     weight = (torch.stack(weights, -1) * inside[..., None] / (s * s)).view(k, ph, s, pw, s, 4)
     weight = weight.permute(0, 1, 3, 2, 4, 5)
-    pixels = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features])
+    pixels = torch.cat([f.permute(0, 2, 3, 1).reshape(-1, channels) for f in features]).to(dtype)
     pooled = F.embedding_bag(
         index.reshape(k * ph * pw, 4 * s * s),
         pixels,
         per_sample_weights=weight.reshape(k * ph * pw, 4 * s * s),
         mode="sum",
     )
-    return pooled.view(k, ph, pw, channels).permute(0, 3, 1, 2).contiguous()
+    return pooled.view(k, ph, pw, channels).permute(0, 3, 1, 2).contiguous().to(out_dtype)
