@@ -13,8 +13,9 @@ From the seconds per kind it projects the wall time of the whole material (every
     python bench/reproduce_cost.py --before e956ff0 --amp           # full 1x runs: hours
     python bench/reproduce_cost.py --epochs 2 --kinds softmax,gumbel --spec tiny   # a check
 
-With ``--epochs E`` below 12 the 1x cost is ``seconds * 12 / E`` (an upper bound: evaluation
-does not grow with the epochs), and a 2x run is counted as twice a 1x run (likewise). No
+With ``--epochs E`` below 12 the 1x cost is the run's seconds plus its training seconds (from
+its metrics.jsonl) times ``12 / E - 1``: evaluation and start-up do not grow with the epochs. A
+2x run is counted as a 1x run plus its training seconds once more. No
 accuracy metric is printed: the benchmark is decided on speed and spread alone.
 """
 
@@ -113,6 +114,16 @@ def train_command(kind: str, data: Path, out: Path, epochs: int, amp: bool, conf
     return [sys.executable, "-m", "gumbel_analysis", "train", "--config", str(config)]
 
 
+def training_seconds(run: Path) -> float:
+    """Seconds the run's iterations took, from the intervals its metrics.jsonl logged."""
+    total, last = 0.0, 0
+    for line in (run / "metrics.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        total += record["sec_per_iter"] * (record["iteration"] - last)
+        last = record["iteration"]
+    return total
+
+
 def timed(command: list, pythonpath: Path, threads: int, log: Path) -> float:
     env = {
         **os.environ,
@@ -164,6 +175,7 @@ def main() -> None:
     threads = max(1, cpu_cores() // args.jobs)
     root = Path(tempfile.mkdtemp(prefix="reproduce-cost-"))
     seconds: dict[str, dict[str, float]] = {v: {} for v in variants}
+    training: dict[str, dict[str, float]] = {v: {} for v in variants}
     try:
         paths = {
             v: assemble_source(args.before if v.startswith("before") else None, root / f"src{i}")
@@ -171,7 +183,7 @@ def main() -> None:
         }
         jobs = [(kind, v) for kind in kinds for v in variants]
 
-        def run(job: tuple[str, str]) -> tuple[str, str, float]:
+        def run(job: tuple[str, str]) -> tuple[str, str, float, float]:
             kind, variant = job
             tag = f"{kind}-{variants.index(variant)}"
             command = train_command(
@@ -182,12 +194,13 @@ def main() -> None:
                 variant.endswith("--amp"),
                 root / f"{tag}.json",
             )
-            return kind, variant, timed(command, paths[variant], threads, root / f"{tag}.log")
+            total = timed(command, paths[variant], threads, root / f"{tag}.log")
+            return kind, variant, total, training_seconds(root / tag)
 
         start = time.perf_counter()
         with ThreadPoolExecutor(args.jobs) as pool:
-            for kind, variant, s in pool.map(run, jobs):
-                seconds[variant][kind] = s
+            for kind, variant, total, train in pool.map(run, jobs):
+                seconds[variant][kind], training[variant][kind] = total, train
         wall = time.perf_counter() - start
     except subprocess.CalledProcessError as err:
         logs = sorted(root.glob("*.log"))
@@ -196,14 +209,19 @@ def main() -> None:
     finally:
         shutil.rmtree(root, ignore_errors=True)
     scale = material.EPOCHS["1x"] / args.epochs
-    per_run = {v: {k: s * scale for k, s in seconds[v].items()} for v in variants}
+    per_run = {
+        v: {k: s + training[v][k] * (scale - 1) for k, s in seconds[v].items()} for v in variants
+    }
+    per_1x_training = {v: {k: t * scale for k, t in training[v].items()} for v in variants}
     base = variants[0]
     ratio = {v: {k: per_run[v][k] / per_run[base][k] for k in kinds} for v in variants}
 
-    def material_hours(costs: dict[str, float]) -> float:
-        mean = sum(costs.values()) / len(costs)
+    def material_hours(v: str) -> float:
+        costs, extra = per_run[v], per_1x_training[v]  # a 2x run trains twice as long
+        mean, mean_extra = sum(costs.values()) / len(costs), sum(extra.values()) / len(extra)
         total = sum(
-            costs.get(kind_of(c) or "", mean) * (2 if schedule == "2x" else 1)
+            costs.get(kind_of(c) or "", mean)
+            + (extra.get(kind_of(c) or "", mean_extra) if schedule == "2x" else 0.0)
             for c, schedule in material_runs()
         )
         return total / args.jobs / 3600  # args.jobs runs at a time
@@ -217,13 +235,14 @@ def main() -> None:
         "threads_per_run": threads,
         "variants": variants,
         "seconds": seconds,
+        "training_seconds": training,
         "seconds_per_1x_run": per_run,
+        "training_seconds_per_1x_run": per_1x_training,
         "ratio_to_first": ratio,
         "wall_seconds": wall,
         "material_runs_per_seed": len(material_runs()),
         "projected_hours": {
-            v: {"1_seed": material_hours(per_run[v]), "3_seeds": 3 * material_hours(per_run[v])}
-            for v in variants
+            v: {"1_seed": material_hours(v), "3_seeds": 3 * material_hours(v)} for v in variants
         },
     }
     if args.json:
@@ -250,8 +269,8 @@ def main() -> None:
     console.print(table)
     if report["projected_from_epochs"]:
         console.print(
-            f"upper bound: each run's evaluation is counted {scale:g} times; with few epochs "
-            "it dominates, so read the ratios, not these hours"
+            f"1x: each run's seconds plus its training seconds times {scale - 1:g} more "
+            "(evaluation and start-up counted once)"
         )
     for v in variants:
         hours = report["projected_hours"][v]
