@@ -336,3 +336,23 @@ def test_reproduce_quick_end_to_end_then_resumes_and_adds_seeds(tiny_material, t
         assert float(rows[label]["AP"]) == pytest.approx(statistics.fmean(ap), rel=1e-9)
         assert float(rows[label]["AP_std"]) == pytest.approx(statistics.stdev(ap), rel=1e-9)
         assert rows[label]["AP_n"] == "2"
+
+
+@pytest.mark.parametrize("amp", [None, False, True])
+def test_each_tables_command_says_amp_when_its_runs_used_it(tmp_path, amp):
+    from pathlib import Path
+
+    from gumbel_analysis.experiments.plan import PlannedRun
+    from gumbel_analysis.experiments.report import command_of
+    from gumbel_analysis.experiments.reproduce import Plan, Planned
+
+    item = ITEMS["table3"]
+    values = {} if amp is None else {"amp": amp}
+    runs = [
+        Planned(c, "1x", 12, PlannedRun(Path(tmp_path / c.name), values, "train", "new", seed=s))
+        for c in item.configs
+        for s in (0, 1)
+    ]
+    command = command_of(item, Plan(tmp_path, [item], [0, 1], False, runs))
+    assert command.startswith(f"gumbel reproduce --out {tmp_path} --only table3 --seeds 2")
+    assert command.endswith("--amp") == bool(amp)

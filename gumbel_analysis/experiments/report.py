@@ -186,6 +186,8 @@ def command_of(item: Item, plan: Plan) -> str:
         parts.append(f"--seed {plan.seeds[0]}")
     if plan.quick:
         parts.append("--quick")
+    if any(p.run.values.get("amp") for p in plan.runs):
+        parts.append("--amp")  # another recipe's numbers (docs/reproduce.md)
     return " ".join(parts)
 
 
