@@ -40,8 +40,15 @@ def read_table3(out: Path) -> dict[str, dict[int, dict[str, float]]]:
     for config in CONFIGS:
         for path in sorted((out / "runs").glob(f"{config}-1x-s*")):
             metrics = path / "metrics.json"
-            if metrics.is_file():
-                found[config][int(path.name.rsplit("-s", 1)[1])] = json.loads(metrics.read_text())
+            if not metrics.is_file():
+                continue
+            try:
+                values = json.loads(metrics.read_text())
+                seed = int(path.name.rsplit("-s", 1)[1])
+                found[config][seed] = {m: float(values[m]) for m in METRICS}
+            except (ValueError, KeyError, TypeError):
+                lacks = ", ".join(METRICS)
+                raise SystemExit(f"error: {metrics} is corrupt or lacks {lacks}") from None
     return found
 
 
@@ -95,6 +102,16 @@ def judge(current: dict, candidate: dict) -> dict:
     }
 
 
+def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
+    """A rich table whose first two columns (names) are left-aligned, the numbers right."""
+    table = Table(title=title)
+    for i, col in enumerate(columns):
+        table.add_column(col, justify="left" if i < 2 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("current", type=Path)
@@ -110,34 +127,42 @@ def main() -> None:
         return
     console = Console()
     n = len(verdict["seeds"])
-    spread = Table(title=f"spread: sd over seeds {verdict['seeds']} of the paired difference")
-    for col in ("pair", "metric", "current", "candidate", "ratio", f"≤ {MAX_SPREAD_RATIO}"):
-        spread.add_column(col, justify="left" if col in ("pair", "metric") else "right")
-    for r in verdict["spread"]:
-        spread.add_row(
-            r["pair"],
-            r["metric"],
-            f"{r['current']:.2f}",
-            f"{r['candidate']:.2f}",
-            f"{r['ratio']:.2f}",
-            "yes" if r["holds"] else "no",
+    console.print(
+        _table(
+            f"spread: sd over seeds {verdict['seeds']} of the paired difference",
+            ("pair", "metric", "current", "candidate", "ratio", f"≤ {MAX_SPREAD_RATIO}"),
+            [
+                (
+                    r["pair"],
+                    r["metric"],
+                    f"{r['current']:.2f}",
+                    f"{r['candidate']:.2f}",
+                    f"{r['ratio']:.2f}",
+                    "yes" if r["holds"] else "no",
+                )
+                for r in verdict["spread"]
+            ],
         )
-    console.print(spread)
-    moves = Table(title=f"no move: candidate - current, paired t (n = {n}, df = {n - 1}), Holm/9")
-    for col in ("config", "metric", "Δ", "SE", "t", "p", "p Holm", "moved"):
-        moves.add_column(col, justify="left" if col in ("config", "metric") else "right")
-    for r in verdict["moves"]:
-        moves.add_row(
-            r["config"],
-            r["metric"],
-            f"{r['delta']:+.2f}",
-            f"{r['se']:.2f}",
-            f"{r['t']:+.2f}",
-            f"{r['p']:.3f}",
-            f"{r['p_holm']:.3f}",
-            "yes" if r["moved"] else "no",
+    )
+    console.print(
+        _table(
+            f"no move: candidate - current, paired t (n = {n}, df = {n - 1}), Holm/9",
+            ("config", "metric", "Δ", "SE", "t", "p", "p Holm", "moved"),
+            [
+                (
+                    r["config"],
+                    r["metric"],
+                    f"{r['delta']:+.2f}",
+                    f"{r['se']:.2f}",
+                    f"{r['t']:+.2f}",
+                    f"{r['p']:.3f}",
+                    f"{r['p_holm']:.3f}",
+                    "yes" if r["moved"] else "no",
+                )
+                for r in verdict["moves"]
+            ],
         )
-    console.print(moves)
+    )
     console.print(
         f"spread test {'holds' if verdict['spread_holds'] else 'fails'}; "
         f"no-move test {'holds' if verdict['no_move_holds'] else 'fails'}"

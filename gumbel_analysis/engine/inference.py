@@ -31,10 +31,10 @@ from gumbel_analysis.engine.distributed import DistInfo, cleanup, init_distribut
 from gumbel_analysis.engine.evaluate import detections_to_results, evaluate_results
 from gumbel_analysis.engine.setup import (
     autocast_dtype,
-    cpu_supports_bf16,
     data_paths,
     flush_denormals,
     make_loss,
+    mixed_precision_available,
     pick_device,
 )
 from gumbel_analysis.errors import InputError
@@ -333,7 +333,7 @@ def evaluate_run(
         dist=dist,
         progress=progress and dist.is_main,
         # As the run trained: a run with --amp predicts under autocast too (where it can).
-        amp=bool(cfg.amp) and (device.type != "cpu" or cpu_supports_bf16()),
+        amp=bool(cfg.amp) and mixed_precision_available(device),
         **settings,
         **evaluate_options,
     )

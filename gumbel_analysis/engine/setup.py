@@ -79,10 +79,15 @@ def pick_device(name: str) -> torch.device:
 def check_mixed_precision(amp: bool | None, device: torch.device) -> None:
     """``--amp`` on the CPU autocasts to bfloat16, which oneDNN runs only on a CPU with bf16
     instructions (AVX512-BF16 or AMX); elsewhere it would emulate them, slower than float32."""
-    if amp and device.type == "cpu" and not cpu_supports_bf16():
+    if amp and not mixed_precision_available(device):
         raise InputError(
             "--amp: this CPU has no bfloat16 instructions (AVX512-BF16 or AMX); run without --amp"
         )
+
+
+def mixed_precision_available(device: torch.device) -> bool:
+    """Whether ``--amp`` can run natively on ``device``: CUDA, or a CPU with bf16 instructions."""
+    return device.type != "cpu" or cpu_supports_bf16()
 
 
 def autocast_dtype(device: torch.device) -> torch.dtype:

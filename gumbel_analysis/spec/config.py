@@ -109,8 +109,9 @@ class TrainConfig:
         "bool",
         help=(
             "Mixed precision: float16 autocast with loss scaling on CUDA, bfloat16 autocast (and "
-            "channels-last convolutions) on a CPU with bf16 instructions. Losses, box decoding "
-            "and inference stay float32. Default: on for CUDA, off on the CPU."
+            "channels-last convolutions) on a CPU with bf16 instructions, in training and "
+            "prediction; proposals, losses, boxes, scores and masks stay float32. Default: on "
+            "for CUDA, off on the CPU."
         ),
     )
     workers: int | None = _field("int", help="Data loader workers.", low=0)
