@@ -21,7 +21,7 @@ from gumbel_analysis.cli.common import (
 from gumbel_analysis.cli.training_options import field_option
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.io import check_writable_folder, write_text_atomic
-from gumbel_analysis.spec.config import FIELD_OPTIONS, check_fields
+from gumbel_analysis.spec.config import FIELD_OPTIONS, check_calibration, check_fields
 from gumbel_analysis.spec.layout import RunLayout
 from gumbel_analysis.spec.presets import Recipe
 
@@ -82,6 +82,16 @@ def evaluate(
             "written.",
         ),
     ] = None,
+    calibration: field_option(
+        "calibration",
+        "Runs: post-hoc score calibration. norcal (Pan et al. 2021): each class's score divided "
+        "by its training image count to the power --norcal-gamma, renormalised with the "
+        "background (per class for Sigmoid and Gumbel heads); written as "
+        "results.norcal-gG.json, never over the run's own.",
+    ) = None,
+    norcal_gamma: field_option(
+        "norcal_gamma", "Runs: " + FIELD_OPTIONS["norcal_gamma"].help
+    ) = None,
     device: field_option("device", "Runs: " + FIELD_OPTIONS["device"].help) = None,
     batch_size: Annotated[
         int | None, typer.Option(help="Runs: images per batch (per process).")
@@ -120,7 +130,10 @@ def evaluate(
         workers=workers,
         batch_size=batch_size,
         device=device,
+        norcal_gamma=norcal_gamma,
     )
+    calibration = None if calibration is None else str(calibration)
+    check_calibration(calibration, norcal_gamma)
     if out is not None:
         check_writable_folder(out, "--out folder")
     if source.is_file() and source.suffix.lower() in _RESULTS_SUFFIXES:
@@ -130,6 +143,7 @@ def evaluate(
             "--batch-size": batch_size,
             "--data": data,
             "--device": device,
+            "--calibration": calibration,
         }
         for name, value in run_only.items():
             if value is not None:
@@ -163,6 +177,8 @@ def evaluate(
         out=out,
         iou_types=iou_types,
         evaluator=evaluator,
+        calibration=calibration,
+        norcal_gamma=norcal_gamma,
     )
     if metrics is None:  # a torchrun process other than the first: it predicted its share
         return

@@ -58,6 +58,15 @@ def make_data(
     ] = _DEFAULT.val_min_images,
     size: Annotated[int, typer.Option("--size", help="Image side in pixels.")] = _DEFAULT.size,
     seed: SeedOption = _DEFAULT.seed,
+    heldout: Annotated[
+        int,
+        typer.Option(
+            "--heldout",
+            help="K >= 1: write the K-th held-out split as the val split instead: the same "
+            "training split, other validation images, for choosing a setting (NorCal's "
+            "--norcal-gamma) away from the split results are reported on.",
+        ),
+    ] = _DEFAULT.heldout,
     overwrite: Annotated[
         bool, typer.Option("--overwrite", help="Replace a non-empty OUT.")
     ] = False,
@@ -81,6 +90,7 @@ def make_data(
         size=size,
         seed=seed,
         val_min_images=val_min_images,
+        heldout=heldout,
     )
     make_synthetic(out, spec, progress=progress and not as_json, overwrite=overwrite)
     train = read_json(out / "annotations" / ANNOTATION_FILES["train"])

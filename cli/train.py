@@ -58,7 +58,8 @@ def train(
         typer.Option(
             help="Continue the run in --out from its last checkpoint (from iteration 0 with its "
             "saved config if it has none). Options given with --resume may change only "
-            "--device, --workers, --max-iters, --checkpoint-every and --eval; any other that "
+            "--device, --amp, --workers, --max-iters, --checkpoint-every, --eval, --calibration "
+            "and --norcal-gamma; any other that "
             "differs from the saved config is refused."
         ),
     ] = False,
@@ -72,6 +73,8 @@ def train(
     evaluate: field_option("evaluate") = None,
     score_threshold: field_option("score_threshold") = None,
     max_dets: field_option("max_dets") = None,
+    calibration: field_option("calibration") = None,
+    norcal_gamma: field_option("norcal_gamma") = None,
     seed: field_option("seed") = None,
     progress: ProgressOption = True,
     as_json: JsonOption = False,

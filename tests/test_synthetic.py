@@ -190,9 +190,36 @@ def test_key_is_stable_and_names_every_parameter():
         SyntheticSpec(val_images=151),
         SyntheticSpec(size=96),
         SyntheticSpec(seed=1),
+        SyntheticSpec(heldout=1),
     ]
     keys = {base.key(), *(v.key() for v in variants)}
-    assert len(keys) == 6
+    assert len(keys) == 7
+    # the cached benchmark's name from before held-out splits existed, unchanged
+    from gumbel_analysis.experiments.material import BENCHMARK
+
+    assert BENCHMARK.key() == "synthetic-c96-n600-v600-s128-seed0-0a508b87"
+    assert SyntheticSpec(heldout=2).key().startswith("synthetic-c20-n600-v150-s128-seed0-h2-")
+
+
+def test_a_heldout_split_keeps_the_training_split_and_draws_other_val_images(small, tmp_path):
+    spec = SyntheticSpec(**{**SMALL.__dict__, "heldout": 1})
+    heldout = make_synthetic(tmp_path / "heldout", spec, progress=False)
+    ours, theirs = load(heldout, "train"), load(small, "train")
+    assert ours["info"]["spec"] == {**theirs["info"]["spec"], "heldout": 1}
+    for part in ("images", "annotations", "categories"):
+        assert ours[part] == theirs[part], part
+    for name in sorted(p.name for p in (small / "images" / "train").iterdir()):
+        part = f"images/train/{name}"
+        assert (heldout / part).read_bytes() == (small / part).read_bytes()
+    ours, theirs = load(heldout, "val"), load(small, "val")
+    assert len(ours["images"]) == len(theirs["images"])
+    pixels = [(heldout / "images" / im["file_name"]).read_bytes() for im in ours["images"]]
+    assert not set(pixels) & {
+        (small / "images" / im["file_name"]).read_bytes() for im in theirs["images"]
+    }
+    assert {a["category_id"] for a in ours["annotations"]} == set(range(1, SMALL.classes + 1))
+    with pytest.raises(InputError, match="--heldout must be non-negative"):
+        SyntheticSpec(heldout=-1).check()
 
 
 @pytest.mark.parametrize("classes", [5, 10, 20, 30])

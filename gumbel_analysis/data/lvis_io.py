@@ -174,9 +174,13 @@ def frequency_groups(data: dict) -> list[str]:
     return groups
 
 
+def image_counts(data: dict) -> np.ndarray:
+    """Each category's ``image_count`` (the images it appears in), in id order (float64)."""
+    return np.array([c["image_count"] for c in sorted_categories(data)], dtype=np.float64)
+
+
 def class_frequency(data: dict) -> np.ndarray:
     """``f_c = image_count / number of images`` per category, in id order (float64)."""
     if not data["images"]:
         raise InputError("the annotation file has no images")
-    counts = np.array([c["image_count"] for c in sorted_categories(data)], dtype=np.float64)
-    return counts / len(data["images"])
+    return image_counts(data) / len(data["images"])

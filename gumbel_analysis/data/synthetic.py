@@ -98,14 +98,27 @@ class SyntheticSpec:
     size: int = 128
     seed: int = 0
     val_min_images: int = VAL_MIN_IMAGES
+    #: 0: the validation split. k >= 1: the k-th held-out split instead, the same training
+    #: split with validation images drawn apart from the val split's (for choosing a setting,
+    #: such as NorCal's gamma, away from the split results are reported on).
+    heldout: int = 0
+
+    def recorded(self) -> dict[str, int]:
+        """The parameters as the files and the cache name record them: ``heldout`` only where
+        set, so that data made before held-out splits existed keeps its name and bytes."""
+        fields = asdict(self)
+        if not self.heldout:
+            del fields["heldout"]
+        return fields
 
     def key(self) -> str:
         """A short stable name of the parameters (and the generator version) for the cache."""
-        text = json.dumps({"version": GENERATOR_VERSION, **asdict(self)}, sort_keys=True)
+        text = json.dumps({"version": GENERATOR_VERSION, **self.recorded()}, sort_keys=True)
         digest = hashlib.sha256(text.encode()).hexdigest()[:8]
+        heldout = f"-h{self.heldout}" if self.heldout else ""
         return (
             f"synthetic-c{self.classes}-n{self.train_images}-v{self.val_images}"
-            f"-s{self.size}-seed{self.seed}-{digest}"
+            f"-s{self.size}-seed{self.seed}{heldout}-{digest}"
         )
 
     def check(self) -> None:
@@ -122,6 +135,8 @@ class SyntheticSpec:
             raise InputError(f"--seed must be non-negative, got {self.seed}")
         if self.val_min_images < 1:
             raise InputError(f"--val-min-images must be at least 1, got {self.val_min_images}")
+        if self.heldout < 0:
+            raise InputError(f"--heldout must be non-negative, got {self.heldout}")
 
 
 def frequency_thresholds(train_images: int) -> tuple[int, int]:
@@ -294,10 +309,10 @@ def _plan(spec: SyntheticSpec) -> _Plan:
     val_counts = val_image_counts(
         train_counts, spec.train_images, spec.val_images, spec.val_min_images
     )
-    objects = {
-        "train": _objects(_assign(train_counts, spec.train_images, rng), rng),
-        "val": _objects(_assign(val_counts, spec.val_images, rng), rng),
-    }
+    train = _objects(_assign(train_counts, spec.train_images, rng), rng)
+    if spec.heldout:  # the training split's draws as they are; the validation split's apart
+        rng = np.random.default_rng([spec.seed, 0, spec.heldout])
+    objects = {"train": train, "val": _objects(_assign(val_counts, spec.val_images, rng), rng)}
     return _Plan(rank_of_class, train_counts, frequency_thresholds(spec.train_images), objects)
 
 
@@ -461,6 +476,8 @@ def _render(
 ) -> tuple[np.ndarray, list[tuple[int, np.ndarray]]]:
     """The image and (class index, polygon) of each object; seeded by (seed, split, number)."""
     rng = np.random.default_rng([spec.seed, 1 + list(ANNOTATION_FILES).index(split), number])
+    if split == "val" and spec.heldout:
+        rng = np.random.default_rng([spec.seed, 2, number, spec.heldout])
     size = spec.size
     image = _background(size, rng)
     low, high = OBJECT_SIZE[0] * size, OBJECT_SIZE[1] * size * (1.0 if len(objects) <= 2 else 0.8)
@@ -525,7 +542,8 @@ def _write(root: Path, spec: SyntheticSpec, plan: _Plan, progress: bool) -> None
                 Image.fromarray(pixels).save(root / "images" / file_name, compress_level=1)
                 present = {k for k, _ in placed}
                 absent = [k for k in range(spec.classes) if k not in present]
-                rng = np.random.default_rng([spec.seed, 9, image_id])
+                held = [spec.heldout] if split == "val" and spec.heldout else []
+                rng = np.random.default_rng([spec.seed, 9, image_id, *held])
                 negatives = rng.choice(absent, size=min(NEG_PER_IMAGE, len(absent)), replace=False)
                 images.append(
                     {
@@ -587,7 +605,7 @@ def _info(spec: SyntheticSpec, plan: _Plan, split: str) -> dict:
     return {
         "description": f"gumbel-analysis synthetic long-tailed LVIS v1 dataset, {split} split",
         "version": str(GENERATOR_VERSION),
-        "spec": asdict(spec),
+        "spec": spec.recorded(),
         "key": spec.key(),
         "frequency_thresholds": {
             "rare_max_images": rare,

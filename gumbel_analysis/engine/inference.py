@@ -33,6 +33,7 @@ from gumbel_analysis.engine.setup import (
     autocast_dtype,
     data_paths,
     flush_denormals,
+    make_calibration,
     make_loss,
     mixed_precision_available,
     pick_device,
@@ -45,7 +46,13 @@ from gumbel_analysis.io import (
     write_text_atomic,
 )
 from gumbel_analysis.model import build_model
-from gumbel_analysis.spec.config import TrainConfig, check_fields, recipe_values
+from gumbel_analysis.model.calibration import calibration_tag, score_calibration
+from gumbel_analysis.spec.config import (
+    TrainConfig,
+    check_calibration,
+    check_fields,
+    recipe_values,
+)
 from gumbel_analysis.spec.layout import RunLayout
 from gumbel_analysis.spec.presets import Recipe
 
@@ -313,32 +320,37 @@ def evaluate_run(
     progress: bool = True,
     outputs: OutputPaths | None = None,
     dist: DistInfo | None = None,
+    calibration: torch.nn.Module | None = None,
     **evaluate_options: Any,
 ) -> dict[str, Any] | None:
     """Evaluate on the val set with the config's batch size, workers, score threshold and
     detections per image (the preset's where the config has none); write the results and
     metrics atomically (``outputs``; default the run's ``results.json`` and ``metrics.json``).
+    ``calibration``: score the detections through it (``model.calibration.NorCal``).
     Every rank of ``dist`` predicts its share; rank 0 gets the metrics, the others None."""
     dist = dist or DistInfo()
     outputs = outputs or OutputPaths(run.results, run.metrics)
     settings = prediction_settings(cfg)
     if dist.is_main:
         remove_leftovers(outputs.metrics)  # a killed write's temporary file
-    metrics = predict_and_evaluate(
-        model,
-        val_set,
-        device,
-        outputs.results,
-        batch_size=cfg.batch_size or 1,
-        dist=dist,
-        progress=progress and dist.is_main,
-        # As the run trained: a run with --amp predicts under autocast too (where it can).
-        amp=bool(cfg.amp) and mixed_precision_available(device),
-        **settings,
-        **evaluate_options,
-    )
+    with score_calibration(model, calibration):
+        metrics = predict_and_evaluate(
+            model,
+            val_set,
+            device,
+            outputs.results,
+            batch_size=cfg.batch_size or 1,
+            dist=dist,
+            progress=progress and dist.is_main,
+            # As the run trained: a run with --amp predicts under autocast too (where it can).
+            amp=bool(cfg.amp) and mixed_precision_available(device),
+            **settings,
+            **evaluate_options,
+        )
     if metrics is None:
         return None
+    if calibration is not None:
+        metrics = {"calibration": "norcal", "norcal_gamma": calibration.gamma, **metrics}
     metrics = {
         "loss": cfg.loss,
         "activation": cfg.activation,
@@ -373,9 +385,10 @@ def variant_name(
     iou_types: Sequence[str] | None = None,
 ) -> str | None:
     """What makes an evaluation of a run another than the run's own, as a file-name part
-    (``other_set``, ``score0.05-dets100``, ``bbox``), or None: its own data, score threshold and
-    detections per image, masks and boxes. Only the run's own evaluation may write its
-    ``results.json`` and ``metrics.json``, which ``gumbel table`` reads as the run's."""
+    (``other_set``, ``score0.05-dets100``, ``bbox``, ``norcal-g0.5``), or None: its own data,
+    score threshold and detections per image, masks and boxes, no calibration. Only the run's
+    own evaluation may write its ``results.json`` and ``metrics.json``, which ``gumbel table``
+    reads as the run's."""
     parts = []
     if data is not None and Path(data).resolve() != Path(cfg.data or "").resolve():
         parts.append(re.sub(r"[^A-Za-z0-9._-]+", "_", Path(data).resolve().name) or "data")
@@ -385,6 +398,8 @@ def variant_name(
             parts.append(f"{tag}{overrides[name]:g}")
     if iou_types is not None and set(iou_types) != {"segm", "bbox"}:
         parts.append("+".join(sorted(set(iou_types))))
+    if overrides.get("calibration", "none") != "none":
+        parts.append(calibration_tag(overrides["norcal_gamma"]))
     return "-".join(parts) or None
 
 
@@ -449,6 +464,8 @@ def evaluate_checkpoint(
     max_dets: int | None = None,
     progress: bool = True,
     out: str | Path | None = None,
+    calibration: str | None = None,
+    norcal_gamma: float | None = None,
     **evaluate_options: Any,
 ) -> tuple[dict[str, Any] | None, OutputPaths]:
     """``gumbel eval``: a run folder (its ``model_final.pt``, else ``last.pt``) or a checkpoint
@@ -456,11 +473,19 @@ def evaluate_checkpoint(
     (see :func:`output_paths`), after checking, before inference, that it can.
 
     ``batch_size``, ``workers``, ``score_threshold`` and ``max_dets`` default to the run's
-    configuration. Under torchrun every process predicts its share of the images (see the module
-    docstring); the metrics come back on rank 0, None on the others."""
+    configuration. ``calibration`` "norcal" with ``norcal_gamma``: scores calibrated by NorCal
+    for the training set's image counts (never the run's own files). Under torchrun every
+    process predicts its share of the images (see the module docstring); the metrics come back
+    on rank 0, None on the others."""
     check_fields(device=device)
+    check_calibration(calibration, norcal_gamma)
     overrides = check_fields(
-        batch_size=batch_size, workers=workers, score_threshold=score_threshold, max_dets=max_dets
+        batch_size=batch_size,
+        workers=workers,
+        score_threshold=score_threshold,
+        max_dets=max_dets,
+        calibration=calibration,
+        norcal_gamma=norcal_gamma,
     )
     source = Path(source)
     if source.is_dir():
@@ -480,6 +505,9 @@ def evaluate_checkpoint(
     outputs = output_paths(run, variant, Path(out) if out is not None else None)
     check_writable_folder(outputs.results.parent)
     cfg = cfg.replace(**overrides, **({"data": data} if data is not None else {}))
+    # Calibrated only when asked here: a run trained with --calibration still has its own,
+    # uncalibrated evaluation, which this call may be repeating.
+    cfg = cfg.replace(calibration=calibration or "none", norcal_gamma=norcal_gamma)
     dev = pick_device(device)
     dist = init_distributed(dev.type)
     try:
@@ -511,7 +539,16 @@ def evaluate_checkpoint(
             ) from None
         model.to(dev)
         metrics = evaluate_run(
-            model, val_set, dev, run, cfg, progress, outputs, dist, **evaluate_options
+            model,
+            val_set,
+            dev,
+            run,
+            cfg,
+            progress,
+            outputs,
+            dist,
+            calibration=make_calibration(cfg, lvis_io.image_counts(train_data)),
+            **evaluate_options,
         )
     finally:
         cleanup(dist)

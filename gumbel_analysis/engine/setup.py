@@ -14,6 +14,7 @@ import torch
 from gumbel_analysis.data.synthetic import SyntheticSpec, default_cache_root, ensure_synthetic
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses import ClassificationLoss, build_loss
+from gumbel_analysis.model.calibration import NorCal
 from gumbel_analysis.spec.config import TrainConfig
 
 
@@ -64,6 +65,14 @@ def make_loss(
         raise
     except ValueError as err:  # the data does not suit the loss (e.g. lambda cannot be derived)
         raise InputError(f"--loss {cfg.loss}: {err}") from None
+
+
+def make_calibration(cfg: TrainConfig, image_counts: np.ndarray) -> NorCal | None:
+    """The test-time score calibration ``cfg`` asks for (None for ``calibration`` none), for
+    the training set's ``N_c`` (images per class, category-id order)."""
+    if cfg.calibration != "norcal":
+        return None
+    return NorCal(image_counts, float(cfg.norcal_gamma))
 
 
 def pick_device(name: str) -> torch.device:

@@ -19,6 +19,7 @@ import torch
 from rich.console import Console
 from torch.nn.parallel import DistributedDataParallel
 
+from gumbel_analysis.data import lvis_io
 from gumbel_analysis.data.dataset import LVISDetection
 from gumbel_analysis.data.sampling import build_train_sampler
 from gumbel_analysis.data.synthetic import SyntheticSpec
@@ -30,7 +31,7 @@ from gumbel_analysis.engine.distributed import (
     cleanup,
     init_distributed,
 )
-from gumbel_analysis.engine.inference import evaluate_run
+from gumbel_analysis.engine.inference import OutputPaths, evaluate_run
 from gumbel_analysis.engine.run_folder import (
     check_run_folder,
     remove_partial_run,
@@ -41,6 +42,7 @@ from gumbel_analysis.engine.setup import (
     check_mixed_precision,
     data_paths,
     flush_denormals,
+    make_calibration,
     make_loss,
     pick_device,
     seed_everything,
@@ -54,6 +56,7 @@ from gumbel_analysis.hooks.writers import Checkpointer, MetricsWriter, ProgressB
 from gumbel_analysis.io import write_text_atomic
 from gumbel_analysis.losses import ClassificationLoss
 from gumbel_analysis.model import build_model
+from gumbel_analysis.model.calibration import calibration_tag
 from gumbel_analysis.spec.config import DataStats, TrainConfig, resolve
 from gumbel_analysis.spec.layout import RunLayout
 from gumbel_analysis.spec.losses import loss_entry
@@ -109,7 +112,8 @@ def train(
             write_text_atomic(run.config, json.dumps(cfg.to_dict(), indent=2) + "\n")
         with flush_denormals():
             trainer.train()
-            return finish(cfg, model, val_set, device, run, dist, progress)
+            calibration = make_calibration(cfg, lvis_io.image_counts(train_set.data))
+            return finish(cfg, model, val_set, device, run, dist, progress, calibration)
     except Exception as err:
         # A fresh run that failed before its first checkpoint (bad data found late, a corrupt
         # image, a full disk) leaves nothing to resume: remove what it wrote, so that a plain
@@ -291,15 +295,22 @@ def finish(
     run: RunLayout,
     dist: DistInfo,
     progress: bool,
+    calibration: torch.nn.Module | None = None,
 ) -> dict[str, Any] | None:
-    """Save the final weights (rank 0) and, if asked, evaluate them on the val set."""
+    """Save the final weights (rank 0) and, if asked, evaluate them on the val set: as they
+    are (the run's own results) and, with ``calibration``, calibrated into files of its own."""
     barrier(dist)
     if dist.is_main:
         ckpt.save_checkpoint(run.final, {"model": model.state_dict(), "config": cfg.to_dict()})
     if not cfg.evaluate:
         return None
     # every rank predicts its share of the val images; rank 0 merges and evaluates
-    return evaluate_run(model, val_set, device, run, cfg, progress, dist=dist)
+    metrics = evaluate_run(model, val_set, device, run, cfg, progress, dist=dist)
+    if calibration is not None:
+        tag = calibration_tag(calibration.gamma)
+        outputs = OutputPaths(run.results_for(tag), run.metrics_for(tag))
+        evaluate_run(model, val_set, device, run, cfg, progress, outputs, dist, calibration)
+    return metrics
 
 
 class _AnnounceLR(HookBase):

@@ -97,6 +97,12 @@ class ClassificationLoss(nn.Module):
         """Per-class scores [N, C] at test time, background column dropped."""
         raise NotImplementedError
 
+    def background_scores(self, logits: torch.Tensor) -> torch.Tensor | None:
+        """The background's probability [N] where the class scores share one with it (a softmax
+        over the classes and the background: ``scores`` and this sum to 1), else None
+        (independent per-class probabilities). Post-hoc calibration renormalises with it."""
+        return None
+
     def init_classifier(self, layer: nn.Linear) -> None:
         """Initialise the classification layer as this loss prescribes."""
         raise NotImplementedError

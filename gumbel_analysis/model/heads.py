@@ -114,6 +114,10 @@ class LossRoIHeads(RoIHeads):
     def __init__(self, classification_loss: ClassificationLoss, **roi_heads_kwargs):
         super().__init__(**roi_heads_kwargs)
         self.classification_loss = classification_loss
+        #: Test-time score calibration (``model.calibration.NorCal``: the [N, C] scores and the
+        #: loss's background scores or None -> [N, C]), applied before thresholding and NMS;
+        #: None scores as the loss does.
+        self.score_calibration: nn.Module | None = None
         self._class_logits_hooks: OrderedDict[int, ClassLogitsHook] = OrderedDict()
 
     @property
@@ -227,8 +231,9 @@ class LossRoIHeads(RoIHeads):
         image_shapes: list[tuple[int, int]],
     ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
         """Per image: class-specific boxes decoded and clipped, scores from the loss's activation
-        (background column dropped), then as torchvision: score > ``score_thresh``, boxes wider
-        and taller than 0.01, NMS per class at ``nms_thresh``, the top ``detections_per_img``.
+        (background column dropped; then ``score_calibration`` if set), then as torchvision:
+        score > ``score_thresh``, boxes wider and taller than 0.01, NMS per class at
+        ``nms_thresh``, the top ``detections_per_img``.
 
         Returns boxes [K, 4], scores [K] and labels [K] in 1..C per image.
         """
@@ -238,7 +243,11 @@ class LossRoIHeads(RoIHeads):
         # its 8 (bfloat16) or 11 (float16) bits would tie the scores AP ranks by.
         box_regression, class_logits = at_least_float32(box_regression, class_logits)
         all_boxes = self.box_coder.decode(box_regression, proposals).split(per_image)
-        all_scores = self.classification_loss.scores(class_logits).split(per_image)
+        all_scores = self.classification_loss.scores(class_logits)
+        if self.score_calibration is not None:
+            background = self.classification_loss.background_scores(class_logits)
+            all_scores = self.score_calibration(all_scores, background)
+        all_scores = all_scores.split(per_image)
         out_boxes, out_scores, out_labels = [], [], []
         for boxes, scores, shape in zip(all_boxes, all_scores, image_shapes, strict=True):
             boxes = box_ops.clip_boxes_to_image(boxes, shape).reshape(-1, 4)

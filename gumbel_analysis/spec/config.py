@@ -26,6 +26,8 @@ from gumbel_analysis.spec.options import Option, flag_of, kind_of
 from gumbel_analysis.spec.presets import PRESETS, SCHEDULES, Recipe
 
 _SEED_MAX = 2**31 - 1
+#: Post-hoc score calibrations (``--calibration``); none scores as the loss does.
+CALIBRATIONS = ("none", "norcal")
 #: Where ``--device`` may send a run; the format is checked here, availability by the engine.
 DEVICE_HELP = "cpu, cuda, cuda:N or auto (CUDA when there is one)."
 
@@ -143,6 +145,22 @@ class TrainConfig:
         help="Evaluation: detections kept per image, by the model and the evaluator (LVIS: 300).",
         low=1,
     )
+    # Post-hoc calibration (NorCal): an evaluation of its own, beside the run's own results.
+    calibration: str = _field(
+        "choice",
+        "none",
+        "Evaluation: post-hoc score calibration. norcal (Pan et al. 2021) divides each class's "
+        "score by its training image count to the power --norcal-gamma and renormalises with "
+        "the background; written as results.norcal-gG.json, beside the uncalibrated results.",
+        choices=CALIBRATIONS,
+    )
+    norcal_gamma: float | None = _field(
+        "float",
+        help="NorCal's exponent gamma (with --calibration norcal; 0: no change). Pick it on a "
+        "held-out split, never on the reported val split (docs/calibration.md).",
+        low=0,
+        high=10,
+    )
     # Filled by resolve().
     world_size: int = _field("int", 1, flag=None, low=1)
     lr: float | None = _field("float", flag=None, low=0, low_open=True)
@@ -151,6 +169,7 @@ class TrainConfig:
         for name, option in FIELD_OPTIONS.items():
             object.__setattr__(self, name, option.check(getattr(self, name)))
         _check_schedule(self)
+        check_calibration(self.calibration, self.norcal_gamma)
         loss_entry(self.loss).resolve(self.activation, self.loss_options)
 
     @property
@@ -198,6 +217,8 @@ SAFE_ON_RESUME = (
     "checkpoint_every",
     "log_every",
     "evaluate",
+    "calibration",
+    "norcal_gamma",
 )
 
 #: Top-level keys of earlier config files, now loss options; a value equal to the old default
@@ -237,6 +258,17 @@ def merge_loss_options(values: dict[str, Any], options: dict[str, Any]) -> dict[
     merged.update(options)
     values["loss_options"] = merged
     return values
+
+
+def check_calibration(calibration: str | None, norcal_gamma: float | None) -> None:
+    """``--calibration norcal`` comes with its ``--norcal-gamma``, and the gamma with it."""
+    if calibration == "norcal" and norcal_gamma is None:
+        raise InputError(
+            "--calibration norcal needs --norcal-gamma G (pick it on a held-out split, "
+            "never on the reported val split)"
+        )
+    if norcal_gamma is not None and calibration != "norcal":
+        raise InputError("--norcal-gamma applies to --calibration norcal only")
 
 
 def _check_schedule(cfg: TrainConfig) -> None:

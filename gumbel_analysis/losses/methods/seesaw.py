@@ -100,6 +100,10 @@ class SeesawLoss(ClassificationLoss):
         c = self.num_classes
         return F.softmax(x[:, :c], dim=-1) * F.softmax(x[:, c:], dim=-1)[:, :1]
 
+    def background_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        # The objectness pair's second column: the scores are p(c | fg) p(fg), summing to p(fg).
+        return F.softmax(logits.float()[:, self.num_classes :], dim=-1)[:, 1]
+
     def init_classifier(self, layer: nn.Linear) -> None:
         init_softmax_classifier(layer)
 

@@ -32,5 +32,8 @@ class SoftmaxCE(ClassificationLoss):
     def scores(self, logits: torch.Tensor) -> torch.Tensor:
         return F.softmax(logits.float(), dim=-1)[:, : self.num_classes]
 
+    def background_scores(self, logits: torch.Tensor) -> torch.Tensor:
+        return F.softmax(logits.float(), dim=-1)[:, self.num_classes]
+
     def init_classifier(self, layer: nn.Linear) -> None:
         init_softmax_classifier(layer)
