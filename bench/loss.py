@@ -38,7 +38,7 @@ def bce_built(logits, labels):
 
 #: The long-tail methods timed with each activation; each is compared with plain BCE of the
 #: same activation (Seesaw with softmax cross-entropy).
-METHODS = ("eql", "droploss", "acsl", "federated", "eqlv2")
+METHODS = ("eql", "droploss", "acsl", "federated", "eqlv2", "loce")
 
 
 def cases(rows: int, classes: int, device: torch.device, labels: torch.Tensor):
@@ -76,6 +76,8 @@ def cases(rows: int, classes: int, device: torch.device, labels: torch.Tensor):
             out[f"{method} / {activation}"] = (_sliced(loss, labels), plain)
     seesaw = build_loss("seesaw", c).to(device).train()
     out["seesaw / softmax"] = (_sliced(seesaw, labels), "softmax cross-entropy")
+    loce = build_loss("loce", c).to(device).train()
+    out["loce / softmax"] = (_sliced(loce, labels), "softmax cross-entropy")
     return out
 
 

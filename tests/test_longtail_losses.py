@@ -326,7 +326,14 @@ def _rank_statistics(rank, world, init_file, name, activation, logits, labels, o
 
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("name", "activation"), [("eqlv2", "sigmoid"), ("eqlv2", "gumbel"), ("seesaw", None)]
+    ("name", "activation"),
+    [
+        ("eqlv2", "sigmoid"),
+        ("eqlv2", "gumbel"),
+        ("seesaw", None),
+        ("loce", None),
+        ("loce", "gumbel"),
+    ],
 )
 def test_statistics_over_two_gloo_ranks_equal_one_process(name, activation, tmp_path):
     import torch.multiprocessing as mp

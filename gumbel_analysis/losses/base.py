@@ -37,6 +37,9 @@ class ClassificationLoss(nn.Module):
     activations: ClassVar[tuple[str, ...]] = ()
     #: Whether the method needs the r/c/f group of each class (``frequency_groups``).
     needs_groups: ClassVar[bool] = False
+    #: Whether ``forward`` takes ``instances=`` [N]: the id of each proposal's matched
+    #: ground-truth instance (LOCE's per-instance mean scores); the RoI heads pass it.
+    needs_instances: ClassVar[bool] = False
     #: The [N, K] weights of the last forward pass, for the gradient recorder (None: all 1).
     last_weights: torch.Tensor | None = None
 

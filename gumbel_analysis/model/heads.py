@@ -61,6 +61,20 @@ class BoxPredictor(nn.Module):
         return self.cls_score(x), self.bbox_pred(x)
 
 
+def matched_instances(
+    labels: list[torch.Tensor],
+    matched_idxs: list[torch.Tensor],
+    targets: list[dict[str, torch.Tensor]],
+) -> torch.Tensor:
+    """Per sampled RoI (all images concatenated) the id of its matched ground-truth instance,
+    unique over the batch; -1 for background RoIs."""
+    ids, offset = [], 0
+    for k, m, t in zip(labels, matched_idxs, targets, strict=True):
+        ids.append(torch.where(k > 0, m + offset, torch.full_like(m, -1)))
+        offset += len(t["boxes"])
+    return torch.cat(ids)
+
+
 def at_least_float32(*tensors: torch.Tensor) -> Any:
     """The tensors in float32 where autocast made them half precision (float64 stays)."""
     cast = [t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
@@ -175,8 +189,11 @@ class LossRoIHeads(RoIHeads):
         loss_labels = to_loss_labels(torch.cat(labels), self.num_classes)
         for hook in self._class_logits_hooks.values():
             hook(class_logits, loss_labels)
+        extra = {}
+        if self.classification_loss.needs_instances:
+            extra["instances"] = matched_instances(labels, matched_idxs, targets)
         losses = {
-            "loss_classifier": self.classification_loss(class_logits, loss_labels),
+            "loss_classifier": self.classification_loss(class_logits, loss_labels, **extra),
             "loss_box_reg": box_regression_loss(
                 box_regression, loss_labels, torch.cat(regression_targets)
             ),

@@ -243,6 +243,31 @@ _SEESAW = LossEntry(
         ),
     ),
 )
+_LOCE = LossEntry(
+    "loce",
+    f"{_METHODS}.loce:EquilibriumLoss",
+    (Activation.SOFTMAX.value, *BCE_ACTIVATIONS),
+    (
+        Option(
+            "loce_alpha",
+            "float",
+            0.9,
+            "LOCE's momentum alpha of each class's mean classification score.",
+            low=0.0,
+            high=1.0,
+            high_open=True,
+        ),
+        Option(
+            "loce_bg_score",
+            "float",
+            0.01,
+            "LOCE's fixed mean score of the background.",
+            low=0.0,
+            high=1.0,
+            low_open=True,
+        ),
+    ),
+)
 
 #: name -> entry: the methods, then the aliases (gumbel, sigmoid, gol, gol-star).
 LOSSES: dict[str, LossEntry] = {
@@ -256,6 +281,7 @@ LOSSES: dict[str, LossEntry] = {
         _EQLV2,
         _SOFTMAX,
         _SEESAW,
+        _LOCE,
         alias(_BCE, "gumbel", "gumbel"),  # Gumbel BCE, C + 1 outputs (Eq. 3, 4)
         alias(_BCE, "sigmoid", "sigmoid"),
         alias(_DROPLOSS, "gol", "gumbel", variant="equation"),  # GOL: Eq. 4-6

@@ -1,0 +1,183 @@
+"""LOCE's equilibrium loss (Feng et al., ICCV 2021): a class-wise logit margin from each class's
+running mean classification score. Softmax as its authors, or Sigmoid or Gumbel in a BCE form.
+
+C + 1 outputs with a background column. Each foreground class ``c`` keeps a mean score ``m_c``
+(a float64 buffer of the module, 0.01 at the start). The background's is fixed at ``bg_score``
+(0.01). Each training batch first updates the scores, then computes the loss.
+
+**Update** (the authors' ``LoceRoIHead._update_mean_score``):
+
+1. For every ground-truth instance ``i`` with at least one positive proposal, ``s_i`` is the mean,
+   over its proposals, of the score of its own class. The score is computed from the raw logits:
+   the softmax, or the activation's probability in the BCE form.
+2. The ``n_c`` instances of class ``c`` in the batch, on all ranks, move its mean score:
+   ``m_c <- alpha^n_c m_c + (1 - alpha^n_c) mean_i s_i``, with ``alpha = 0.9``.
+
+**Softmax** (the authors' ``equilibrium_loss``):
+``L = -(1/N) sum_i log( m_{y_i} e^{z_{i,y_i}} / sum_j m_j e^{z_ij} )``. That is cross-entropy on
+the logits plus the margins ``log m_j``. A well-classified (frequent) class gets a large margin
+in training, which its raw logits, scored at test time, no longer have.
+
+**BCE form** (Sigmoid, Gumbel; the authors define only the softmax). Each column is the
+activation's BCE (Eq. 4 of the supplementary, weights 1) of ``z_ij + log(m_j / m_0)``, where
+``m_0 = 0.01`` is the initial mean score. The softmax is invariant to one shift of all logits, so
+its margins read the same with or without ``m_0``. In the BCE form, ``m_0`` makes the first step
+plain BCE, from the activation's own initial bias. The margins then grow, as in the softmax, with
+how well each class is already classified.
+
+The paper describes the mean score as an exponential moving average over instances; the code
+applies ``alpha`` once per instance of a batch, to the batch's mean of the instances' scores.
+The paper's text was not at hand to find an equation that differs from the code, so this follows
+the code and has no ``--variant``.
+
+Instances come from the RoI heads (``needs_instances``): each foreground proposal's matched
+ground-truth box. A caller without them (a benchmark calling ``loss(logits, labels)``) counts
+each positive proposal as an instance of its own.
+
+Not implemented here: LOCE's memory-augmented feature sampling (MFS), the sampler of its
+Table 4 row.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from gumbel_analysis.losses.base import ClassificationLoss, compute_dtype
+from gumbel_analysis.losses.bce import SIGMOID_PRIOR_PROB
+from gumbel_analysis.losses.elementwise import EntryWeights, make_elementwise
+from gumbel_analysis.losses.methods.eqlv2 import all_reduce_sum
+from gumbel_analysis.losses.methods.softmax import init_softmax_classifier
+from gumbel_analysis.math import check_temperature
+
+#: Every class's mean score before any update (the authors' ``torch.ones(C + 1) * 0.01``).
+INITIAL_MEAN_SCORE = 0.01
+
+
+class EquilibriumLoss(ClassificationLoss):
+    """LOCE's equilibrium loss: CE (or BCE) with the margins ``log m_c`` of running mean scores."""
+
+    with_background = True
+    activations = ("softmax", "sigmoid", "gumbel")
+    needs_instances = True
+
+    def __init__(
+        self,
+        num_classes: int,
+        class_frequency: torch.Tensor | None = None,
+        frequency_groups: list[str] | None = None,
+        *,
+        activation: str | None = None,
+        loce_alpha: float = 0.9,
+        loce_bg_score: float = 0.01,
+        temperature: float = 1.0,
+        gumbel_mode: str = "stable",
+    ):
+        super().__init__(num_classes, class_frequency, frequency_groups)
+        self.activation = str(getattr(activation, "value", activation) or "softmax")
+        if self.activation not in self.activations:
+            raise ValueError(f"loce does not work with the {self.activation} activation")
+        self.elementwise = None
+        if self.activation == "gumbel":
+            check_temperature(temperature)
+            self.elementwise = make_elementwise(
+                "gumbel", temperature=temperature, gumbel_mode=gumbel_mode, clamp_loss=False
+            )
+        elif self.activation == "sigmoid":
+            self.elementwise = make_elementwise("sigmoid")
+        if not 0.0 <= loce_alpha < 1.0:
+            raise ValueError(f"loce_alpha must be in [0, 1), got {loce_alpha}")
+        if not 0.0 < loce_bg_score <= 1.0:
+            raise ValueError(f"loce_bg_score must be in (0, 1], got {loce_bg_score}")
+        self.alpha, self.bg_score = float(loce_alpha), float(loce_bg_score)
+        self.register_buffer(
+            "mean_score", torch.full((num_classes,), INITIAL_MEAN_SCORE, dtype=torch.float64)
+        )
+
+    @property
+    def temperature(self) -> float | None:
+        return getattr(self.elementwise, "temperature", None)
+
+    def margins(self) -> torch.Tensor:
+        """``log(m_j / m_0)`` for the C classes and the background ([C + 1], float64)."""
+        bg = self.mean_score.new_full((1,), self.bg_score)
+        return torch.log(torch.cat([self.mean_score, bg]) / INITIAL_MEAN_SCORE)
+
+    def own_class_scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Each row's score of its label, from the raw logits (softmax or the activation)."""
+        z = compute_dtype(logits)
+        p = F.softmax(z, dim=1) if self.elementwise is None else self.elementwise.probabilities(z)
+        return p.gather(1, labels[:, None]).squeeze(1)
+
+    def forward(
+        self,
+        logits: torch.Tensor,
+        labels: torch.Tensor,
+        instances: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        self.check_inputs(logits, labels)
+        labels = labels.long()
+        if self.training:  # the authors update the scores first, then compute the loss
+            self.update(logits.detach(), labels, instances)
+        z = compute_dtype(logits)
+        if z.shape[0] == 0:
+            return z.sum()
+        shifted = z + self.margins().to(z.dtype)
+        if self.elementwise is None:
+            return F.cross_entropy(shifted, labels)
+        return self.elementwise.loss(shifted, labels, EntryWeights(), True)
+
+    @torch.no_grad()
+    def update(
+        self, logits: torch.Tensor, labels: torch.Tensor, instances: torch.Tensor | None = None
+    ) -> None:
+        """Move the mean scores by this batch's instances (all ranks); see the module docstring.
+        ``instances`` [N]: an id per proposal, equal for the proposals of one ground-truth
+        instance (background rows ignored); None: every positive row is its own instance."""
+        c = self.num_classes
+        fg = torch.where(labels < c)[0]
+        scores = self.own_class_scores(logits[fg], labels[fg]).double()
+        classes = labels[fg]
+        if instances is None:
+            ids = torch.arange(len(fg), device=labels.device)
+        else:
+            ids = torch.unique(instances[fg].long(), return_inverse=True)[1]
+        count = int(ids.max()) + 1 if len(ids) else 0
+        per_instance = torch.zeros(count, dtype=torch.float64, device=labels.device)
+        per_instance.index_add_(0, ids, scores)
+        size = torch.zeros(count, dtype=torch.float64, device=labels.device)
+        size.index_add_(0, ids, torch.ones_like(scores))
+        instance_class = torch.zeros(count, dtype=torch.long, device=labels.device)
+        instance_class[ids] = classes
+        totals = torch.zeros(2, c, dtype=torch.float64, device=labels.device)
+        totals[0].index_add_(0, instance_class, per_instance / size.clamp(min=1))
+        totals[1].index_add_(0, instance_class, torch.ones_like(size))
+        totals = all_reduce_sum(totals.to(self.mean_score.device))
+        seen = totals[1] > 0
+        keep = torch.pow(self.alpha, totals[1][seen])
+        batch_mean = totals[0][seen] / totals[1][seen]
+        self.mean_score[seen] = keep * self.mean_score[seen] + (1.0 - keep) * batch_mean
+
+    def scores(self, logits: torch.Tensor) -> torch.Tensor:
+        z = compute_dtype(logits)
+        if self.elementwise is None:
+            return F.softmax(z.float(), dim=-1)[:, : self.num_classes]
+        return self.elementwise.probabilities(z)[:, : self.num_classes]
+
+    def background_scores(self, logits: torch.Tensor) -> torch.Tensor | None:
+        if self.elementwise is not None:
+            return None
+        return F.softmax(compute_dtype(logits).float(), dim=-1)[:, self.num_classes]
+
+    def init_classifier(self, layer: nn.Linear) -> None:
+        if self.elementwise is None:
+            init_softmax_classifier(layer)
+        else:
+            self.elementwise.init_classifier(layer, self.num_classes + 1, SIGMOID_PRIOR_PROB)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, activation={self.activation}, alpha={self.alpha}, "
+            f"bg_score={self.bg_score}"
+        )
