@@ -52,6 +52,7 @@ def train(
     batch_size: BatchSizeOption = None,
     base_lr: field_option("base_lr") = None,
     weights: field_option("weights") = None,
+    from_run: field_option("from_run") = None,
     out: field_option("out") = None,
     resume: Annotated[
         bool,

@@ -20,8 +20,8 @@ LOSS_PANEL = "Loss options (each applies to the losses that declare it)"
 #: Fields whose command-line value is a path, taken as the text given (click's Path would make
 #: ``--out ""`` the current folder); ``data`` and ``weights`` are recorded resolved, so a run can
 #: be evaluated or resumed from any folder.
-_PATH_FIELDS = ("data", "weights", "out")
-_ABSOLUTE_FIELDS = ("data", "weights")
+_PATH_FIELDS = ("data", "weights", "out", "from_run")
+_ABSOLUTE_FIELDS = ("data", "weights", "from_run")
 
 
 def _choices(name: str, choices: tuple[str, ...]) -> type[StrEnum]:

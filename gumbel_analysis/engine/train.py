@@ -31,6 +31,7 @@ from gumbel_analysis.engine.distributed import (
     cleanup,
     init_distributed,
 )
+from gumbel_analysis.engine.first_stage import load_first_stage, with_first_stage
 from gumbel_analysis.engine.inference import OutputPaths, evaluate_run
 from gumbel_analysis.engine.run_folder import (
     check_run_folder,
@@ -156,6 +157,7 @@ def build_config(
     if device.type == "cuda":
         device = torch.device("cuda", dist.local_rank)
     seed_everything(cfg.seed + dist.rank)
+    cfg = with_first_stage(cfg)  # DisAlign: the first stage's preset, data and activation
     train_set, val_set = build_data(cfg, dist)
     stats = DataStats(train_set.class_frequency, train_set.frequency_groups)
     cfg = resolve(cfg, world_size=dist.world_size, device_type=device.type, data=stats)
@@ -182,6 +184,8 @@ def build_training_model(
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The model on ``device``, and the module the loop trains (DDP-wrapped when distributed)."""
     model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh, weights=cfg.weights)
+    if loss.adjusts_logits:  # DisAlign's second stage starts from the first's weights
+        load_first_stage(model, cfg)
     model.to(device)
     if cfg.amp and device.type == "cpu":
         # oneDNN's bfloat16 convolutions are about 10% faster on NHWC tensors (measured on the

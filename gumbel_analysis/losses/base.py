@@ -40,6 +40,9 @@ class ClassificationLoss(nn.Module):
     #: Whether ``forward`` takes ``instances=`` [N]: the id of each proposal's matched
     #: ground-truth instance (LOCE's per-instance mean scores); the RoI heads pass it.
     needs_instances: ClassVar[bool] = False
+    #: Whether the model's box predictor adjusts its logits for this loss and everything else
+    #: is frozen (DisAlign's second stage, ``model/disalign.py``).
+    adjusts_logits: ClassVar[bool] = False
     #: The [N, K] weights of the last forward pass, for the gradient recorder (None: all 1).
     last_weights: torch.Tensor | None = None
 

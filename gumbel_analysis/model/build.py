@@ -21,6 +21,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses.base import ClassificationLoss
+from gumbel_analysis.model.disalign import DisAlignBoxPredictor, freeze_all_but_the_alignment
 from gumbel_analysis.model.heads import BoxPredictor, LossRoIHeads
 from gumbel_analysis.model.mask_predictor import CosineConv1x1
 from gumbel_analysis.model.roi_align import GatherMultiScaleRoIAlign
@@ -151,7 +152,9 @@ def build_model(
             preset.featmap_names, output_size=7, sampling_ratio=preset.roi_sampling_ratio
         ),
         box_head=TwoMLPHead(channels * 7**2, preset.box_representation_size),
-        box_predictor=BoxPredictor(preset.box_representation_size, loss),
+        box_predictor=(DisAlignBoxPredictor if loss.adjusts_logits else BoxPredictor)(
+            preset.box_representation_size, loss
+        ),
         mask_roi_pool=GatherMultiScaleRoIAlign(
             preset.featmap_names,
             output_size=preset.mask_roi_size,
@@ -184,6 +187,8 @@ def build_model(
     model.rpn.head.register_forward_hook(_outputs_in_float32)
     if state is not None:
         load_weights(model, state, Path(weights))
+    if loss.adjusts_logits:  # DisAlign's second stage: the first stage's model, frozen
+        freeze_all_but_the_alignment(model)
     return model
 
 

@@ -26,6 +26,10 @@ from gumbel_analysis.spec.options import Option, flag_of, kind_of
 from gumbel_analysis.spec.presets import PRESETS, SCHEDULES, Recipe
 
 _SEED_MAX = 2**31 - 1
+#: Epochs of DisAlign's second stage (``--loss disalign``) unless given, at the base rate: its
+#: authors train 4500 iterations of batch 16 on LVIS v0.5 (about 1.3 epochs) with one step at
+#: 4000, which epoch-granular steps cannot place; 2 epochs without a step come nearest.
+SECOND_STAGE_EPOCHS = 2
 #: Post-hoc score calibrations (``--calibration``); none scores as the loss does.
 CALIBRATIONS = ("none", "norcal")
 #: Where ``--device`` may send a run; the format is checked here, availability by the engine.
@@ -68,6 +72,14 @@ class TrainConfig:
     # gumbel_mode, lambda_ (None: the border of the data's common/frequent groups).
     loss_options: dict[str, Any] = _field("dict", {}, flag=None)  # noqa: RUF009 - a factory
     enh: bool = _field("bool", False, "Test NMS 0.3 and a normalised mask head.")
+    # DisAlign's second stage: the first stage's run folder, and its config as it trained.
+    from_run: str | None = _field(
+        "str",
+        help="--loss disalign: the first stage's run folder (its model_final.pt is loaded and "
+        "frozen; its preset, activation and Enh are taken).",
+        flag="--from",
+    )
+    first_stage: dict[str, Any] = _field("dict", {}, flag=None)  # noqa: RUF009 - a factory
     weights: str | None = _field("str", help="Local backbone or model weights.")
     sampler: str = _field(
         "choice", "random", "random or rfs (repeat factors).", choices=("random", "rfs")
@@ -80,7 +92,9 @@ class TrainConfig:
     schedule: str | None = _field(
         "choice", help="1x (12 epochs) or 2x (24).", choices=tuple(SCHEDULES)
     )
-    epochs: int | None = _field("int", help="Epochs (the tiny preset: 12).", low=1)
+    epochs: int | None = _field(
+        "int", help="Epochs (the tiny preset: 12; --loss disalign: 2).", low=1
+    )
     lr_steps: tuple[int, ...] | None = _field("steps", flag=None)
     batch_size: int | None = _field("int", help="Images per process.", low=1)
     base_lr: float | None = _field(
@@ -170,6 +184,10 @@ class TrainConfig:
             object.__setattr__(self, name, option.check(getattr(self, name)))
         _check_schedule(self)
         check_calibration(self.calibration, self.norcal_gamma)
+        if self.loss == "disalign" and not self.from_run:
+            raise InputError("--loss disalign needs --from RUN, the first stage's run folder")
+        if self.from_run and self.loss != "disalign":
+            raise InputError("--from applies to --loss disalign only (DisAlign's second stage)")
         loss_entry(self.loss).resolve(self.activation, self.loss_options)
 
     @property
@@ -344,7 +362,10 @@ def resolve(
     filled, mixed precision (on for ``device_type`` cuda) and, given the training ``data``,
     lambda and the RFS threshold (the border of its common and frequent groups)."""
     recipe = PRESETS[cfg.preset].recipe
-    epochs, steps = SCHEDULES[cfg.schedule] if cfg.schedule else (recipe.epochs, recipe.lr_steps)
+    epochs, steps = (recipe.epochs, recipe.lr_steps)
+    if cfg.loss == "disalign":  # a second stage has its own, short schedule
+        epochs, steps = SECOND_STAGE_EPOCHS, ()
+    epochs, steps = SCHEDULES[cfg.schedule] if cfg.schedule else (epochs, steps)
     filled = recipe_values(cfg, _FROM_RECIPE)
     activation, options = loss_entry(cfg.loss).resolve(cfg.activation, cfg.loss_options)
     amp = cfg.amp if cfg.amp is not None or device_type is None else device_type == "cuda"

@@ -268,6 +268,20 @@ _LOCE = LossEntry(
         ),
     ),
 )
+_DISALIGN = LossEntry(
+    "disalign",
+    f"{_METHODS}.disalign:DisAlignLoss",
+    (Activation.SOFTMAX.value, *BCE_ACTIVATIONS),
+    (
+        Option(
+            "disalign_rho",
+            "float",
+            0.8,
+            "DisAlign's re-weighting exponent rho (weights 1 / r_c^rho).",
+            low=0.0,
+        ),
+    ),
+)
 
 #: name -> entry: the methods, then the aliases (gumbel, sigmoid, gol, gol-star).
 LOSSES: dict[str, LossEntry] = {
@@ -282,6 +296,7 @@ LOSSES: dict[str, LossEntry] = {
         _SOFTMAX,
         _SEESAW,
         _LOCE,
+        _DISALIGN,
         alias(_BCE, "gumbel", "gumbel"),  # Gumbel BCE, C + 1 outputs (Eq. 3, 4)
         alias(_BCE, "sigmoid", "sigmoid"),
         alias(_DROPLOSS, "gol", "gumbel", variant="equation"),  # GOL: Eq. 4-6
