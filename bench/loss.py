@@ -38,7 +38,7 @@ def bce_built(logits, labels):
 
 #: The long-tail methods timed with each activation; each is compared with plain BCE of the
 #: same activation (Seesaw with softmax cross-entropy).
-METHODS = ("eql", "droploss", "acsl", "federated", "eqlv2", "loce")
+METHODS = ("eql", "droploss", "acsl", "federated", "eqlv2", "loce", "disalign")
 
 
 def cases(rows: int, classes: int, device: torch.device, labels: torch.Tensor):
@@ -78,6 +78,8 @@ def cases(rows: int, classes: int, device: torch.device, labels: torch.Tensor):
     out["seesaw / softmax"] = (_sliced(seesaw, labels), "softmax cross-entropy")
     loce = build_loss("loce", c).to(device).train()
     out["loce / softmax"] = (_sliced(loce, labels), "softmax cross-entropy")
+    disalign = build_loss("disalign", c, freq).to(device).train()
+    out["disalign / softmax"] = (_sliced(disalign, labels), "softmax cross-entropy")
     return out
 
 
