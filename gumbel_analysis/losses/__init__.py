@@ -1,8 +1,8 @@
 """Classification losses for detectors, by name: ``build_loss("eqlv2", C, activation="gumbel")``.
 
 The names, activations and options of every loss (bce, eql, droploss, acsl, federated, eqlv2,
-softmax, seesaw and the aliases gumbel, sigmoid, gol and gol-star) are declared in the loss
-catalogue, ``gumbel_analysis.spec.losses``.
+softmax, seesaw, loce, disalign and the aliases gumbel, sigmoid, gol and gol-star) are declared
+in the loss catalogue, ``gumbel_analysis.spec.losses``.
 """
 
 from gumbel_analysis.groups import lambda_from_groups

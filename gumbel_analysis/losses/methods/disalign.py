@@ -25,13 +25,10 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from gumbel_analysis.losses.base import ClassificationLoss, compute_dtype
-from gumbel_analysis.losses.bce import SIGMOID_PRIOR_PROB
-from gumbel_analysis.losses.elementwise import EntryWeights, make_elementwise
-from gumbel_analysis.losses.methods.softmax import init_softmax_classifier
-from gumbel_analysis.math import check_temperature
+from gumbel_analysis.losses.base import compute_dtype
+from gumbel_analysis.losses.elementwise import EntryWeights
+from gumbel_analysis.losses.softmax_or_bce import SoftmaxOrBCE
 
 
 def reweighting(class_frequency: torch.Tensor, rho: float) -> torch.Tensor:
@@ -43,11 +40,9 @@ def reweighting(class_frequency: torch.Tensor, rho: float) -> torch.Tensor:
     return torch.cat([weights, weights.new_ones(1)])
 
 
-class DisAlignLoss(ClassificationLoss):
+class DisAlignLoss(SoftmaxOrBCE):
     """The generalized re-weighted loss of DisAlign's second stage (C + 1 outputs)."""
 
-    with_background = True
-    activations = ("softmax", "sigmoid", "gumbel")
     adjusts_logits = True
 
     def __init__(
@@ -56,33 +51,16 @@ class DisAlignLoss(ClassificationLoss):
         class_frequency: torch.Tensor | None = None,
         frequency_groups: list[str] | None = None,
         *,
-        activation: str | None = None,
         disalign_rho: float = 0.8,
-        temperature: float = 1.0,
-        gumbel_mode: str = "stable",
+        **activation_options,
     ):
-        super().__init__(num_classes, class_frequency, frequency_groups)
+        super().__init__(num_classes, class_frequency, frequency_groups, **activation_options)
         if self.class_frequency is None:
             raise ValueError("the disalign loss needs class_frequency (N_c per class)")
-        self.activation = str(getattr(activation, "value", activation) or "softmax")
-        if self.activation not in self.activations:
-            raise ValueError(f"disalign does not work with the {self.activation} activation")
-        self.elementwise = None
-        if self.activation == "gumbel":
-            check_temperature(temperature)
-            self.elementwise = make_elementwise(
-                "gumbel", temperature=temperature, gumbel_mode=gumbel_mode, clamp_loss=False
-            )
-        elif self.activation == "sigmoid":
-            self.elementwise = make_elementwise("sigmoid")
         self.rho = float(disalign_rho)
         self.register_buffer(
             "class_weight", reweighting(self.class_frequency, self.rho), persistent=False
         )
-
-    @property
-    def temperature(self) -> float | None:
-        return getattr(self.elementwise, "temperature", None)
 
     def forward(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         self.check_inputs(logits, labels)
@@ -99,24 +77,5 @@ class DisAlignLoss(ClassificationLoss):
         total = self.elementwise.loss(z, labels, per_row, True) * len(labels)
         return total / rows.sum()
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        z = compute_dtype(logits)
-        if self.elementwise is None:
-            return F.softmax(z.float(), dim=-1)[:, : self.num_classes]
-        return self.elementwise.probabilities(z)[:, : self.num_classes]
-
-    def background_scores(self, logits: torch.Tensor) -> torch.Tensor | None:
-        if self.elementwise is not None:
-            return None
-        return F.softmax(compute_dtype(logits).float(), dim=-1)[:, self.num_classes]
-
-    def init_classifier(self, layer: nn.Linear) -> None:
-        # The second stage loads the first stage's classifier; this is its initialisation only
-        # for a model built without one (e.g. a test).
-        if self.elementwise is None:
-            init_softmax_classifier(layer)
-        else:
-            self.elementwise.init_classifier(layer, self.num_classes + 1, SIGMOID_PRIOR_PROB)
-
     def extra_repr(self) -> str:
-        return f"{super().extra_repr()}, activation={self.activation}, rho={self.rho}"
+        return f"{super().extra_repr()}, rho={self.rho}"

@@ -42,24 +42,19 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from gumbel_analysis.losses.base import ClassificationLoss, compute_dtype
-from gumbel_analysis.losses.bce import SIGMOID_PRIOR_PROB
-from gumbel_analysis.losses.elementwise import EntryWeights, make_elementwise
+from gumbel_analysis.losses.base import compute_dtype
+from gumbel_analysis.losses.elementwise import EntryWeights
 from gumbel_analysis.losses.methods.eqlv2 import all_reduce_sum
-from gumbel_analysis.losses.methods.softmax import init_softmax_classifier
-from gumbel_analysis.math import check_temperature
+from gumbel_analysis.losses.softmax_or_bce import SoftmaxOrBCE
 
 #: Every class's mean score before any update (the authors' ``torch.ones(C + 1) * 0.01``).
 INITIAL_MEAN_SCORE = 0.01
 
 
-class EquilibriumLoss(ClassificationLoss):
+class EquilibriumLoss(SoftmaxOrBCE):
     """LOCE's equilibrium loss: CE (or BCE) with the margins ``log m_c`` of running mean scores."""
 
-    with_background = True
-    activations = ("softmax", "sigmoid", "gumbel")
     needs_instances = True
 
     def __init__(
@@ -68,24 +63,11 @@ class EquilibriumLoss(ClassificationLoss):
         class_frequency: torch.Tensor | None = None,
         frequency_groups: list[str] | None = None,
         *,
-        activation: str | None = None,
         loce_alpha: float = 0.9,
         loce_bg_score: float = 0.01,
-        temperature: float = 1.0,
-        gumbel_mode: str = "stable",
+        **activation_options,
     ):
-        super().__init__(num_classes, class_frequency, frequency_groups)
-        self.activation = str(getattr(activation, "value", activation) or "softmax")
-        if self.activation not in self.activations:
-            raise ValueError(f"loce does not work with the {self.activation} activation")
-        self.elementwise = None
-        if self.activation == "gumbel":
-            check_temperature(temperature)
-            self.elementwise = make_elementwise(
-                "gumbel", temperature=temperature, gumbel_mode=gumbel_mode, clamp_loss=False
-            )
-        elif self.activation == "sigmoid":
-            self.elementwise = make_elementwise("sigmoid")
+        super().__init__(num_classes, class_frequency, frequency_groups, **activation_options)
         if not 0.0 <= loce_alpha < 1.0:
             raise ValueError(f"loce_alpha must be in [0, 1), got {loce_alpha}")
         if not 0.0 < loce_bg_score <= 1.0:
@@ -95,10 +77,6 @@ class EquilibriumLoss(ClassificationLoss):
             "mean_score", torch.full((num_classes,), INITIAL_MEAN_SCORE, dtype=torch.float64)
         )
 
-    @property
-    def temperature(self) -> float | None:
-        return getattr(self.elementwise, "temperature", None)
-
     def margins(self) -> torch.Tensor:
         """``log(m_j / m_0)`` for the C classes and the background ([C + 1], float64)."""
         bg = self.mean_score.new_full((1,), self.bg_score)
@@ -106,9 +84,7 @@ class EquilibriumLoss(ClassificationLoss):
 
     def own_class_scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each row's score of its label, from the raw logits (softmax or the activation)."""
-        z = compute_dtype(logits)
-        p = F.softmax(z, dim=1) if self.elementwise is None else self.elementwise.probabilities(z)
-        return p.gather(1, labels[:, None]).squeeze(1)
+        return self.probabilities(logits).gather(1, labels[:, None]).squeeze(1)
 
     def forward(
         self,
@@ -159,25 +135,5 @@ class EquilibriumLoss(ClassificationLoss):
         batch_mean = totals[0][seen] / totals[1][seen]
         self.mean_score[seen] = keep * self.mean_score[seen] + (1.0 - keep) * batch_mean
 
-    def scores(self, logits: torch.Tensor) -> torch.Tensor:
-        z = compute_dtype(logits)
-        if self.elementwise is None:
-            return F.softmax(z.float(), dim=-1)[:, : self.num_classes]
-        return self.elementwise.probabilities(z)[:, : self.num_classes]
-
-    def background_scores(self, logits: torch.Tensor) -> torch.Tensor | None:
-        if self.elementwise is not None:
-            return None
-        return F.softmax(compute_dtype(logits).float(), dim=-1)[:, self.num_classes]
-
-    def init_classifier(self, layer: nn.Linear) -> None:
-        if self.elementwise is None:
-            init_softmax_classifier(layer)
-        else:
-            self.elementwise.init_classifier(layer, self.num_classes + 1, SIGMOID_PRIOR_PROB)
-
     def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, activation={self.activation}, alpha={self.alpha}, "
-            f"bg_score={self.bg_score}"
-        )
+        return f"{super().extra_repr()}, alpha={self.alpha}, bg_score={self.bg_score}"
