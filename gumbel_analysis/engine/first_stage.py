@@ -40,20 +40,22 @@ def first_stage_config(from_run: str) -> TrainConfig:
 
 
 def with_first_stage(cfg: TrainConfig) -> TrainConfig:
-    """``cfg`` (``--loss disalign``) with its first stage recorded and its preset, data, Enh and
-    activation taken from it; an activation given here that differs is refused."""
-    if cfg.loss != "disalign" or cfg.first_stage:
+    """``cfg`` (a second stage: ``--loss disalign``) with its first stage recorded and its
+    preset, data, Enh and activation taken from it; an activation given here that differs is
+    refused."""
+    entry = loss_entry(cfg.loss)
+    if not entry.second_stage or cfg.first_stage:
         return cfg
     first = first_stage_config(str(cfg.from_run))
     activation = first.activation or loss_entry(first.loss).default_activation
-    if activation not in loss_entry("disalign").activations:
+    if activation not in entry.activations:
         raise InputError(f"--from {cfg.from_run}: DisAlign cannot adjust a {activation} head")
     if cfg.activation is not None and cfg.activation != activation:
         raise InputError(
             f"--activation {cfg.activation} differs from the first stage's ({activation}, "
             f"--from {cfg.from_run}); DisAlign keeps the first stage's activation"
         )
-    declared = {o.name for o in loss_entry("disalign").options(activation)}
+    declared = {o.name for o in entry.options(activation)}
     options = {k: v for k, v in first.loss_options.items() if k in declared}
     options.update(cfg.loss_options)
     return cfg.replace(

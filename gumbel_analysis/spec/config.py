@@ -21,7 +21,7 @@ from typing import Any
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.groups import common_frequent_border, lambda_from_groups
-from gumbel_analysis.spec.losses import loss_entry
+from gumbel_analysis.spec.losses import LOSSES, loss_entry
 from gumbel_analysis.spec.options import Option, flag_of, kind_of
 from gumbel_analysis.spec.presets import PRESETS, SCHEDULES, Recipe
 
@@ -184,11 +184,13 @@ class TrainConfig:
             object.__setattr__(self, name, option.check(getattr(self, name)))
         _check_schedule(self)
         check_calibration(self.calibration, self.norcal_gamma)
-        if self.loss == "disalign" and not self.from_run:
-            raise InputError("--loss disalign needs --from RUN, the first stage's run folder")
-        if self.from_run and self.loss != "disalign":
-            raise InputError("--from applies to --loss disalign only (DisAlign's second stage)")
-        loss_entry(self.loss).resolve(self.activation, self.loss_options)
+        entry = loss_entry(self.loss)
+        if entry.second_stage and not self.from_run:
+            raise InputError(f"--loss {self.loss} needs --from RUN, the first stage's run folder")
+        if self.from_run and not entry.second_stage:
+            stages = " or ".join(f"--loss {n}" for n, e in LOSSES.items() if e.second_stage)
+            raise InputError(f"--from applies to {stages} only (a second stage)")
+        entry.resolve(self.activation, self.loss_options)
 
     @property
     def is_resolved(self) -> bool:
@@ -363,7 +365,7 @@ def resolve(
     lambda and the RFS threshold (the border of its common and frequent groups)."""
     recipe = PRESETS[cfg.preset].recipe
     epochs, steps = (recipe.epochs, recipe.lr_steps)
-    if cfg.loss == "disalign":  # a second stage has its own, short schedule
+    if loss_entry(cfg.loss).second_stage:  # a second stage has its own, short schedule
         epochs, steps = SECOND_STAGE_EPOCHS, ()
     epochs, steps = SCHEDULES[cfg.schedule] if cfg.schedule else (epochs, steps)
     filled = recipe_values(cfg, _FROM_RECIPE)

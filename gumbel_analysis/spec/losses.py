@@ -107,6 +107,9 @@ class LossEntry:
     #: An alias fixes its activation (``gumbel`` is ``bce`` with Gumbel): ``--activation`` may
     #: not pick another.
     fixed: bool = False
+    #: A second stage: it trains from a finished run (``--from RUN``, DisAlign), on a schedule
+    #: of its own.
+    second_stage: bool = False
 
     @property
     def default_activation(self) -> str:
@@ -281,6 +284,7 @@ _DISALIGN = LossEntry(
             low=0.0,
         ),
     ),
+    second_stage=True,
 )
 
 #: name -> entry: the methods, then the aliases (gumbel, sigmoid, gol, gol-star).
