@@ -117,7 +117,7 @@ def _activation_option() -> Any:
 
 def _declared_option(use: Any) -> Any:
     option = use.option
-    kind: Any = {"float": float, "int": int}.get(option.kind)
+    kind: Any = {"float": float, "int": int, "bool": bool, "str": str}.get(option.kind)
     if option.kind == "choice":
         kind = _choices(option.name, option.choices)
     text = f"{option.help} [{', '.join(use.losses)}]"
@@ -125,7 +125,9 @@ def _declared_option(use: Any) -> Any:
         text += " Default: " + "; ".join(f"{d} ({', '.join(n)})" for d, n in use.by_default.items())
     elif option.default is not None:
         text += f" Default: {option.default}."
-    flags = (option.cli_flag, *option.aliases)
+    flags: tuple[str, ...] = (option.cli_flag, *option.aliases)
+    if option.kind == "bool":  # --loce-mfs/--no-loce-mfs, as the run's own switches
+        flags = tuple(f"{f}/--no-{f[2:]}" for f in flags)
     return Annotated[kind | None, typer.Option(*flags, help=text, rich_help_panel=LOSS_PANEL)]
 
 

@@ -46,6 +46,9 @@ def assert_refused(args, fragment, tmp_path):
             "--temperature must",
         ),
         (["--loss", "eqlv2", "--temperature", "0.9"], "--temperature does not apply"),
+        (["--loss", "gumbel", "--loce-mfs"], "--loce-mfs does not apply to --loss gumbel"),
+        (["--loss", "loce", "--loce-mfs-queue", "0"], "--loce-mfs-queue must be an integer"),
+        (["--loss", "loce", "--loce-mfs-classes", "1.5"], "--loce-mfs-classes"),
     ],
 )
 def test_loss_options_that_do_not_apply_are_one_line(args, fragment, tmp_path):
@@ -101,3 +104,14 @@ def test_every_method_and_activation_trains_without_nan(name, activation, data_d
     rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert rows and all(math.isfinite(r["loss"]) for r in rows)
     assert (out / "grads.h5").is_file()
+
+
+def test_a_boolean_loss_option_is_a_switch_recorded_in_the_config(data_dir, tmp_path):
+    out = tmp_path / "run"
+    args = ["train", "--data", str(data_dir), "--loss", "loce", "--loce-mfs", "--max-iters", "1"]
+    result = runner.invoke(app, [*args, "--no-eval", "--out", str(out), *FAST])
+    assert result.exit_code == 0, result.output
+    options = json.loads((out / "config.json").read_text())["loss_options"]
+    assert options["loce_mfs"] is True and options["loce_mfs_queue"] == 80
+    help_text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "200"}).output
+    assert "--no-loce-mfs" in help_text

@@ -18,7 +18,9 @@ SPEC = SyntheticSpec(classes=6, train_images=24, val_images=6, size=64, seed=1)
 
 #: Losses the mid-epoch resume is checked on; a loss with running statistics (e.g. eqlv2) is
 #: one more name here.
-RESUME_LOSSES = ["gumbel", "gol", "eqlv2", "seesaw", "loce"]
+RESUME_LOSSES = ["gumbel", "gol", "eqlv2", "seesaw", "loce", "loce+mfs"]
+#: A RESUME_LOSSES name -> the loss and its options.
+RESUME_OPTIONS = {"loce+mfs": ("loce", {"loce_mfs": True, "loce_mfs_queue": 20})}
 
 
 @pytest.fixture(scope="module")
@@ -55,12 +57,21 @@ class KillAt(HookBase):
             raise KeyboardInterrupt
 
 
+def same_state(a, b) -> bool:
+    """Tensors equal bit for bit; a module's extra state (a dict of them) entry by entry."""
+    if isinstance(a, dict):
+        return a.keys() == b.keys() and all(same_state(a[k], b[k]) for k in a)
+    if isinstance(a, torch.Tensor):
+        return torch.equal(a, b)
+    return a == b
+
+
 def assert_same_run(full, cut):
     a = torch.load(full / "model_final.pt", weights_only=False)["model"]
     b = torch.load(cut / "model_final.pt", weights_only=False)["model"]
     assert a.keys() == b.keys()
     for key in a:
-        assert torch.equal(a[key], b[key]), key
+        assert same_state(a[key], b[key]), key
     with h5py.File(full / "grads.h5", "r") as f, h5py.File(cut / "grads.h5", "r") as g:
         assert f["iteration"][:].tolist() == g["iteration"][:].tolist()
         for name in ("positive_sum", "positive_count", "negative_sum", "negative_count"):
@@ -76,7 +87,8 @@ def assert_same_run(full, cut):
 def test_resume_mid_epoch_is_exact(data_dir, tmp_path, loss, workers):
     # Checkpoints every 2 iterations; the kill before iteration 6 leaves the one at iteration 4,
     # one step into the second epoch (with a flip-heavy augmentation to make any drift show).
-    opts = dict(loss=loss, workers=workers, checkpoint_every=2, hflip=0.5)
+    name, options = RESUME_OPTIONS.get(loss, (loss, {}))
+    opts = dict(loss=name, loss_options=options, workers=workers, checkpoint_every=2, hflip=0.5)
     full = tmp_path / "full"
     train(config(data_dir, full, **opts), progress=False)
     cut = tmp_path / "cut"
@@ -87,11 +99,15 @@ def test_resume_mid_epoch_is_exact(data_dir, tmp_path, loss, workers):
     assert state["data"]["position"] == 8
     train(config(data_dir, cut, **opts), resume=True, progress=False)
     assert_same_run(full, cut)
-    statistics = {"eqlv2": "pos_grad", "seesaw": "cum_samples", "loce": "mean_score"}.get(loss)
+    statistics = {"eqlv2": "pos_grad", "seesaw": "cum_samples", "loce": "mean_score"}.get(name)
+    if options.get("loce_mfs"):  # the memory travelled (equal above) and was filled
+        model = torch.load(cut / "model_final.pt", weights_only=False)["model"]
+        memory = model["roi_heads.feature_memory._extra_state"]
+        assert memory["steps"] == 6 and len(memory["features"]) > 0
     if statistics:  # running statistics travel in the checkpoint (equal above), and were used
         model = torch.load(cut / "model_final.pt", weights_only=False)["model"]
         values = model[f"roi_heads.classification_loss.{statistics}"]
-        moved = values != (0.01 if loss == "loce" else 0)  # LOCE's mean scores start at 0.01
+        moved = values != (0.01 if name == "loce" else 0)  # LOCE's mean scores start at 0.01
         assert bool(moved.any())
 
 

@@ -22,6 +22,8 @@ from gumbel_analysis.spec.losses import loss_entry
 
 _PREDICTOR = "roi_heads.box_predictor."
 _LOSS_STATE = "roi_heads.classification_loss."
+#: A first stage's feature memory (LOCE's MFS) is training state of its loss too.
+_MEMORY_STATE = "roi_heads.feature_memory."
 
 
 def first_stage_config(from_run: str) -> TrainConfig:
@@ -71,10 +73,11 @@ def with_first_stage(cfg: TrainConfig) -> TrainConfig:
 
 def load_first_stage(model: torch.nn.Module, cfg: TrainConfig) -> None:
     """Load the first stage's ``model_final.pt`` into ``model`` (DisAlign's predictor keeps its
-    fresh alignment); the first loss's statistics are not the second's and stay behind."""
+    fresh alignment); the first loss's statistics (and feature memory) are not the second's and
+    stay behind."""
     path = RunLayout(Path(str(cfg.from_run))).final
     state = ckpt.load_checkpoint(path)["model"]
-    state = {k: v for k, v in state.items() if not k.startswith(_LOSS_STATE)}
+    state = {k: v for k, v in state.items() if not k.startswith((_LOSS_STATE, _MEMORY_STATE))}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False)
     except RuntimeError:

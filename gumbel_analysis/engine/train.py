@@ -183,7 +183,9 @@ def build_training_model(
     cfg: TrainConfig, loss: ClassificationLoss, device: torch.device, dist: DistInfo
 ) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The model on ``device``, and the module the loop trains (DDP-wrapped when distributed)."""
-    model = build_model(cfg.preset, loss.num_classes, loss, enh=cfg.enh, weights=cfg.weights)
+    model = build_model(
+        cfg.preset, loss.num_classes, loss, enh=cfg.enh, weights=cfg.weights, seed=cfg.seed
+    )
     if loss.adjusts_logits:  # DisAlign's second stage starts from the first's weights
         load_first_stage(model, cfg)
     model.to(device)

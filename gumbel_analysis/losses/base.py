@@ -13,6 +13,10 @@ from typing import ClassVar
 import torch
 from torch import nn
 
+#: The ``instances=`` id of a row replayed from a feature memory (LOCE's MFS) rather than
+#: sampled from the image: such rows of one class count as one instance together.
+MEMORY_INSTANCE = -2
+
 
 def compute_dtype(logits: torch.Tensor) -> torch.Tensor:
     """Half precision is computed in float32; float32 and float64 stay as they are."""
@@ -43,6 +47,9 @@ class ClassificationLoss(nn.Module):
     #: Whether the model's box predictor adjusts its logits for this loss and everything else
     #: is frozen (DisAlign's second stage, ``model/disalign.py``).
     adjusts_logits: ClassVar[bool] = False
+    #: The feature memory the RoI heads replay for this loss (``model.feature_memory``): its
+    #: keyword options, or None for none. It draws classes by ``memory_scores()``.
+    feature_memory_options: dict[str, int] | None = None
     #: The [N, K] weights of the last forward pass, for the gradient recorder (None: all 1).
     last_weights: torch.Tensor | None = None
 
@@ -112,6 +119,11 @@ class ClassificationLoss(nn.Module):
     def init_classifier(self, layer: nn.Linear) -> None:
         """Initialise the classification layer as this loss prescribes."""
         raise NotImplementedError
+
+    def memory_scores(self) -> torch.Tensor:
+        """[C] per-class scores a feature memory draws classes by (inversely); only for a loss
+        with ``feature_memory_options``."""
+        raise NotImplementedError(f"{self.name} keeps no feature memory")
 
     def extra_repr(self) -> str:
         return f"num_classes={self.num_classes}, outputs={self.num_outputs}"

@@ -22,6 +22,7 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses.base import ClassificationLoss
 from gumbel_analysis.model.disalign import DisAlignBoxPredictor, freeze_all_but_the_alignment
+from gumbel_analysis.model.feature_memory import FeatureMemory
 from gumbel_analysis.model.heads import BoxPredictor, LossRoIHeads
 from gumbel_analysis.model.mask_predictor import CosineConv1x1
 from gumbel_analysis.model.roi_align import GatherMultiScaleRoIAlign
@@ -113,6 +114,7 @@ def build_model(
     weights: str | Path | None = None,
     score_thresh: float = 1e-4,
     detections_per_img: int = 300,
+    seed: int = 0,
 ) -> MaskRCNN:
     """torchvision Mask R-CNN (FPN) whose box classifier is trained and scored by ``loss``.
 
@@ -122,6 +124,7 @@ def build_model(
     either a backbone state dict (e.g. torchvision's ImageNet ResNet ``.pth``) or a full model
     checkpoint (a state dict with ``backbone.``/``roi_heads.`` keys, possibly under ``"model"``);
     with weights the backbone uses frozen BatchNorm and ``preset.trainable_backbone_layers``.
+    ``seed`` (the run's) seeds the draws of a loss's feature memory (LOCE's MFS), if it has one.
     """
     preset = get_preset(preset)
     if loss.num_classes != num_classes:
@@ -181,6 +184,10 @@ def build_model(
         mask_head=tv_heads.mask_head,
         mask_predictor=tv_heads.mask_predictor,
     )
+    if loss.feature_memory_options is not None:
+        model.roi_heads.feature_memory = FeatureMemory(
+            num_classes, **loss.feature_memory_options, seed=seed
+        )
     # Under autocast the RPN head's deltas would be half precision, and torchvision decodes the
     # proposals in their dtype: boxes rounded to 0.5 px at 128 px (bfloat16), the box targets
     # with them. Its outputs in float32 keep every box computation in float32.

@@ -27,7 +27,8 @@ from torch.utils.hooks import RemovableHandle
 from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
 from torchvision.ops import boxes as box_ops
 
-from gumbel_analysis.losses.base import ClassificationLoss
+from gumbel_analysis.losses.base import MEMORY_INSTANCE, ClassificationLoss
+from gumbel_analysis.model.feature_memory import FeatureMemory
 from gumbel_analysis.model.mask_predictor import own_class_mask_logits
 
 #: Detections whose masks are computed at a time in inference.
@@ -132,6 +133,9 @@ class LossRoIHeads(RoIHeads):
         #: loss's background scores or None -> [N, C]), applied before thresholding and NMS;
         #: None scores as the loss does.
         self.score_calibration: nn.Module | None = None
+        #: LOCE's memory-augmented feature sampling (``model.feature_memory``): replayed
+        #: ground-truth features appended to the sampled RoIs in training; None: none.
+        self.feature_memory: FeatureMemory | None = None
         self._class_logits_hooks: OrderedDict[int, ClassLogitsHook] = OrderedDict()
 
     @property
@@ -164,8 +168,20 @@ class LossRoIHeads(RoIHeads):
             proposals, matched_idxs, labels, regression_targets = self.select_training_samples(
                 proposals, targets
             )
-        box_features = self.box_head(self.box_roi_pool(features, proposals, image_shapes))
-        class_logits, box_regression = self.box_predictor(box_features)
+        box_features = self.box_roi_pool(features, proposals, image_shapes)
+        if self.training:
+            loss_labels = to_loss_labels(torch.cat(labels), self.num_classes)
+            regression = torch.cat(regression_targets)
+            memory_rows = 0
+            if self.feature_memory is not None:
+                replayed, replayed_labels, replayed_targets = self.replay(
+                    features, image_shapes, targets
+                )
+                memory_rows = len(replayed_labels)
+                box_features = torch.cat([box_features, replayed.to(box_features.dtype)])
+                loss_labels = torch.cat([loss_labels, replayed_labels])
+                regression = torch.cat([regression, replayed_targets.to(regression.dtype)])
+        class_logits, box_regression = self.box_predictor(self.box_head(box_features))
 
         if not self.training:
             boxes, scores, labels = self.postprocess_detections(
@@ -186,17 +202,16 @@ class LossRoIHeads(RoIHeads):
 
         # The losses in float32 under autocast too (as the scores of postprocess_detections).
         class_logits, box_regression = at_least_float32(class_logits, box_regression)
-        loss_labels = to_loss_labels(torch.cat(labels), self.num_classes)
         for hook in self._class_logits_hooks.values():
             hook(class_logits, loss_labels)
         extra = {}
         if self.classification_loss.needs_instances:
-            extra["instances"] = matched_instances(labels, matched_idxs, targets)
+            instances = matched_instances(labels, matched_idxs, targets)
+            replayed_ids = instances.new_full((memory_rows,), MEMORY_INSTANCE)
+            extra["instances"] = torch.cat([instances, replayed_ids])
         losses = {
             "loss_classifier": self.classification_loss(class_logits, loss_labels, **extra),
-            "loss_box_reg": box_regression_loss(
-                box_regression, loss_labels, torch.cat(regression_targets)
-            ),
+            "loss_box_reg": box_regression_loss(box_regression, loss_labels, regression),
         }
         if self.has_mask():
             # Masks are trained on the foreground RoIs only, against their matched instance.
@@ -211,6 +226,33 @@ class LossRoIHeads(RoIHeads):
                 fg_matched,
             )
         return [], losses
+
+    def replay(
+        self,
+        features: dict[str, torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        targets: list[dict[str, torch.Tensor]],
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """This step of the feature memory: the ground truths' jittered boxes pooled into it,
+        and the replayed (features, loss labels, regression targets) back."""
+        assert self.feature_memory is not None
+
+        def pool(boxes: list[torch.Tensor]) -> torch.Tensor:
+            return self.box_roi_pool(features, boxes, image_shapes)
+
+        def encode(truths: list[torch.Tensor], boxes: list[torch.Tensor]) -> torch.Tensor:
+            if sum(len(b) for b in boxes) == 0:
+                return boxes[0].new_zeros((0, 4)) if boxes else torch.zeros(0, 4)
+            return torch.cat(self.box_coder.encode(truths, boxes))
+
+        return self.feature_memory(
+            pool,
+            encode,
+            [t["boxes"] for t in targets],
+            [to_loss_labels(t["labels"], self.num_classes) for t in targets],
+            image_shapes,
+            self.classification_loss.memory_scores(),
+        )
 
     def mask_logits(
         self,

@@ -269,6 +269,35 @@ _LOCE = LossEntry(
             high=1.0,
             low_open=True,
         ),
+        Option(
+            "loce_mfs",
+            "bool",
+            False,
+            "LOCE's memory-augmented feature sampling (MFS): replay ground-truth RoI features "
+            "of the classes with low mean scores (the authors' LOCE; off: the loss alone).",
+        ),
+        Option(
+            "loce_mfs_queue",
+            "int",
+            80,
+            "MFS: the feature queue of each class (entries, about 50 KB each on FPN).",
+            low=1,
+        ),
+        Option(
+            "loce_mfs_classes",
+            "int",
+            4,
+            "MFS: classes drawn per image of the batch, each step (the authors' 8 per GPU of "
+            "2 images).",
+            low=1,
+        ),
+        Option(
+            "loce_mfs_features",
+            "int",
+            4,
+            "MFS: features replayed per drawn class.",
+            low=1,
+        ),
     ),
 )
 _DISALIGN = LossEntry(

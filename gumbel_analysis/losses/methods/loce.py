@@ -34,8 +34,12 @@ Instances come from the RoI heads (``needs_instances``): each foreground proposa
 ground-truth box. A caller without them (a benchmark calling ``loss(logits, labels)``) counts
 each positive proposal as an instance of its own.
 
-Not implemented here: LOCE's memory-augmented feature sampling (MFS), the sampler of its
-Table 4 row.
+**Memory-augmented feature sampling** (``loce_mfs``, Table 4's MFS row): the RoI heads keep a
+queue of ground-truth features per class and replay some each step, classes drawn inversely to
+their mean score (``model/feature_memory.py``). Replayed rows come with ``instances`` equal to
+``MEMORY_INSTANCE``; those of one class count as one more instance of it, scored by their mean
+(the authors add each distinct drawn class once). Off by default: the random-sampler row is the
+equilibrium loss alone; the authors' LOCE uses both.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gumbel_analysis.losses.base import compute_dtype
+from gumbel_analysis.losses.base import MEMORY_INSTANCE, compute_dtype
 from gumbel_analysis.losses.elementwise import EntryWeights
 from gumbel_analysis.losses.methods.eqlv2 import all_reduce_sum
 from gumbel_analysis.losses.softmax_or_bce import SoftmaxOrBCE
@@ -65,6 +69,10 @@ class EquilibriumLoss(SoftmaxOrBCE):
         *,
         loce_alpha: float = 0.9,
         loce_bg_score: float = 0.01,
+        loce_mfs: bool = False,
+        loce_mfs_queue: int = 80,
+        loce_mfs_classes: int = 4,
+        loce_mfs_features: int = 4,
         **activation_options,
     ):
         super().__init__(num_classes, class_frequency, frequency_groups, **activation_options)
@@ -73,6 +81,12 @@ class EquilibriumLoss(SoftmaxOrBCE):
         if not 0.0 < loce_bg_score <= 1.0:
             raise ValueError(f"loce_bg_score must be in (0, 1], got {loce_bg_score}")
         self.alpha, self.bg_score = float(loce_alpha), float(loce_bg_score)
+        if loce_mfs:
+            self.feature_memory_options = {
+                "queue_size": loce_mfs_queue,
+                "classes_per_image": loce_mfs_classes,
+                "features_per_class": loce_mfs_features,
+            }
         self.register_buffer(
             "mean_score", torch.full((num_classes,), INITIAL_MEAN_SCORE, dtype=torch.float64)
         )
@@ -81,6 +95,10 @@ class EquilibriumLoss(SoftmaxOrBCE):
         """``log(m_j / m_0)`` for the C classes and the background ([C + 1], float64)."""
         bg = self.mean_score.new_full((1,), self.bg_score)
         return torch.log(torch.cat([self.mean_score, bg]) / INITIAL_MEAN_SCORE)
+
+    def memory_scores(self) -> torch.Tensor:
+        """The mean scores, by which MFS draws the classes it replays."""
+        return self.mean_score
 
     def own_class_scores(self, logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Each row's score of its label, from the raw logits (softmax or the activation)."""
@@ -110,15 +128,23 @@ class EquilibriumLoss(SoftmaxOrBCE):
     ) -> None:
         """Move the mean scores by this batch's instances (all ranks); see the module docstring.
         ``instances`` [N]: an id per proposal, equal for the proposals of one ground-truth
-        instance (background rows ignored); None: every positive row is its own instance."""
+        instance (background rows ignored; ``MEMORY_INSTANCE``: a replayed row); None: every
+        positive row is its own instance."""
         c = self.num_classes
+        device = labels.device
         fg = torch.where(labels < c)[0]
         scores = self.own_class_scores(logits[fg], labels[fg]).double()
         classes = labels[fg]
+        # totals: sum of instance means, instances, sum of replayed scores, replayed rows
+        totals = torch.zeros(4, c, dtype=torch.float64, device=device)
         if instances is None:
-            ids = torch.arange(len(fg), device=labels.device)
+            ids = torch.arange(len(fg), device=device)
         else:
-            ids = torch.unique(instances[fg].long(), return_inverse=True)[1]
+            replayed = instances[fg] == MEMORY_INSTANCE
+            totals[2].index_add_(0, classes[replayed], scores[replayed])
+            totals[3].index_add_(0, classes[replayed], torch.ones_like(scores[replayed]))
+            scores, classes = scores[~replayed], classes[~replayed]
+            ids = torch.unique(instances[fg][~replayed].long(), return_inverse=True)[1]
         count = int(ids.max()) + 1 if len(ids) else 0
         per_instance = torch.zeros(count, dtype=torch.float64, device=labels.device)
         per_instance.index_add_(0, ids, scores)
@@ -126,10 +152,12 @@ class EquilibriumLoss(SoftmaxOrBCE):
         size.index_add_(0, ids, torch.ones_like(scores))
         instance_class = torch.zeros(count, dtype=torch.long, device=labels.device)
         instance_class[ids] = classes
-        totals = torch.zeros(2, c, dtype=torch.float64, device=labels.device)
         totals[0].index_add_(0, instance_class, per_instance / size.clamp(min=1))
         totals[1].index_add_(0, instance_class, torch.ones_like(size))
         totals = all_reduce_sum(totals.to(self.mean_score.device))
+        drawn = totals[3] > 0  # a class's replayed rows, over all ranks: one instance
+        totals[0][drawn] += totals[2][drawn] / totals[3][drawn]
+        totals[1][drawn] += 1
         seen = totals[1] > 0
         keep = torch.pow(self.alpha, totals[1][seen])
         batch_mean = totals[0][seen] / totals[1][seen]
