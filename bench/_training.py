@@ -37,10 +37,15 @@ def synthetic_batches(count: int, batch_size: int, device: torch.device):
     return dataset, batches
 
 
+#: Benchmark names of a loss with options: LOCE with its memory-augmented feature sampling.
+VARIANTS = {"loce+mfs": ("loce", {"loce_mfs": True})}
+
+
 def model_for(loss_name: str, dataset, preset: str, device: torch.device, seed: int = 0):
     torch.manual_seed(seed)
+    loss_name, options = VARIANTS.get(loss_name, (loss_name, {}))
     loss = make_loss(
-        TrainConfig(loss=loss_name, preset=preset),
+        TrainConfig(loss=loss_name, preset=preset, loss_options=options),
         dataset.class_frequency,
         dataset.frequency_groups,
     )

@@ -1,8 +1,10 @@
 """Time per training iteration of the ``tiny`` preset with each loss, as a ratio to Softmax.
 
 Same batches (4 synthetic 128 px images), same initial weights, the losses taking turns
-iteration by iteration: ``python bench/train_step.py [--rounds 20] [--json]``. On a GPU,
-``--device cuda --preset r50-fpn --amp`` also gives images per second with mixed precision.
+iteration by iteration: ``python bench/train_step.py [--rounds 20] [--json]``;
+``--losses softmax,loce,loce+mfs`` times LOCE's feature memory (MFS) against the loss alone.
+On a GPU, ``--device cuda --preset r50-fpn --amp`` also gives images per second with mixed
+precision.
 
 With ``--preset r50-fpn`` a reference takes its turn on the same batches: torchvision's own
 ``maskrcnn_resnet50_fpn`` (random weights, the same classes, 800/1333 px, 512 RoIs), so that

@@ -237,3 +237,74 @@ def test_sweep_with_two_jobs(tmp_path):
     assert all(r["status"] == FINISHED for r in runs)
     assert (out / "figure_1ii.png").is_file()
     assert sorted(p.name for p in (out / ".launch").iterdir()) == ["t0.9-s0.lock", "t1-s0.lock"]
+
+
+# --- Second stages (DisAlign) wait for their first -----------------------------------------------
+
+
+@pytest.fixture
+def staged_item(tiny_material, monkeypatch):
+    """An item of a first stage (Softmax) and DisAlign trained from it."""
+    configs = (
+        material.Config("softmax", "Softmax", "softmax"),
+        material.Config("disalign", "DisAlign", "disalign", first_stage="softmax"),
+    )
+    item = material.Item("staged", "staged", "1x", configs)
+    monkeypatch.setitem(material.ITEMS, "staged", item)
+    monkeypatch.setattr(lib, "ITEMS", material.ITEMS)
+    return item
+
+
+def test_a_second_stage_is_planned_from_its_seeds_first_stage(staged_item, tmp_path):
+    out = tmp_path / "r"
+    plan = lib.plan_reproduce(out, ["staged"], 2, quick=True, machine=MACHINE)
+    first = {p.run.seed: p.run.path for p in plan.runs if p.config.name == "softmax"}
+    second = [p for p in plan.runs if p.config.name == "disalign"]
+    assert len(second) == 2
+    for p in second:
+        assert p.run.after == (first[p.run.seed].resolve(),)
+        assert p.run.values["from_run"] == str(first[p.run.seed].resolve())
+        assert p.epochs == 2 and "epochs" not in p.run.values  # its own schedule
+
+
+def test_a_second_stage_whose_first_did_not_finish_is_not_run(staged_item, tmp_path):
+    out = tmp_path / "r"
+    plan = lib.plan_reproduce(out, ["staged"], 1, quick=True, machine=MACHINE)
+    second = plan.runs[1].run
+    LocalLauncher(jobs=1, progress=False).run([second])
+    assert "not run: its first stage" in second.error and not second.path.exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("jobs", [1, 2])
+def test_a_second_stage_starts_after_its_first_ends(staged_item, tmp_path, jobs):
+    out = tmp_path / "r"
+    plan = lib.plan_reproduce(out, ["staged"], 1, quick=True, machine=MACHINE)
+    launcher = LocalLauncher(jobs=jobs, progress=False)
+    assert lib.carry_out(plan, launcher=launcher, progress=False)
+    first, second = (p.run for p in plan.runs)
+    assert first.status == second.status == FINISHED, (first.error, second.error)
+    assert span(second.path)[0] > span(first.path)[1]
+    config = read_run(second.path).config
+    assert config["first_stage"]["loss"] == "softmax" and config["epochs"] == 2
+    again = lib.plan_reproduce(out, ["staged"], 1, quick=True, machine=MACHINE)
+    assert [p.run.action for p in again.runs] == ["skip", "skip"]  # the record matches
+
+
+@pytest.mark.slow
+def test_submitit_holds_a_second_stage_until_its_first_job_ends(staged_item, tmp_path):
+    submitit = pytest.importorskip("submitit")
+    out = tmp_path / "r"
+    plan = lib.plan_reproduce(out, ["staged"], 1, quick=True, machine=MACHINE)
+    executor = submitit.LocalExecutor(folder=str(tmp_path / "jobs"))
+    executor.update_parameters(timeout_min=10)
+    said = []
+    held = SlurmLauncher(executor, wait=False, say=said.append)
+    assert held.run([p.run for p in plan.runs]) is False
+    assert "1 second stages after their first" in said[0]
+    assert not job_path(plan.runs[1].run.path).exists()  # not submitted yet
+    slurm = SlurmLauncher(executor, poll_seconds=0.5, say=lambda _: None)
+    assert lib.carry_out(plan, launcher=slurm, progress=False)
+    first, second = (p.run for p in plan.runs)
+    assert first.status == second.status == FINISHED, (first.error, second.error)
+    assert span(second.path)[0] > span(first.path)[1]

@@ -130,3 +130,33 @@ def test_the_help_lists_every_item_of_the_registry():
     result = CliRunner().invoke(app, ["reproduce", "--help"], env={"TERMINAL_WIDTH": "240"})
     assert result.exit_code == 0, result.output
     assert ",".join(material.all_items()) in result.stdout
+
+
+def test_a_derived_row_is_shown_with_its_measured_seeds_and_judged(tmp_path):
+    """Table 4's NorCal row is computed by its measure, not trained: the metrics table shows
+    it after the configurations with the seeds measured, and the claim compares with it."""
+    from gumbel_analysis.experiments.claims import judge
+    from gumbel_analysis.experiments.measure import Measured
+    from gumbel_analysis.experiments.report import item_metrics_table
+
+    item = material.ITEMS["table4"]
+    assert [c.name for c in item.derived] == ["norcal"] and "softmax-rfs" in [
+        c.name for c in item.configs
+    ]
+    measured = Measured()
+    for seed, (norcal, gol) in enumerate([(20.0, 22.0), (21.0, 23.5), (19.5, 21.0)]):
+        measured.add("norcal", "2x", "AP", seed, norcal)
+        measured.add("gol-rfs-enh", "2x", "AP", seed, gol)
+    plan = Plan(tmp_path, [item], [0, 1, 2], False, [])
+    rows = item_metrics_table(item, measured, plan).rows
+    norcal = rows[-1]
+    shown = [getattr(cell, "shown", cell) for cell in norcal]
+    assert shown[0] == "NorCal (on Softmax, RFS)" and shown[5] == "3 of 3 (calibrated)"
+    assert norcal[6].stat.mean == pytest.approx(20.1667, abs=1e-3) and norcal[6].stat.n == 3
+    claim = next(c for c in item.claims if "norcal" in c.worse)
+    for other in claim.worse:
+        for seed in range(3):
+            if other != "norcal":
+                measured.add(other, "2x", "AP", seed, 10.0 + seed)
+    tests = dict(judge(claim, measured, "2x").tests)
+    assert tests["norcal"].delta == pytest.approx(2.0)  # paired over the 3 seeds

@@ -2,6 +2,7 @@
 (on a tiny stand-in for the benchmark, one epoch per run)."""
 
 import csv
+import dataclasses
 import json
 import math
 import statistics
@@ -54,17 +55,23 @@ def test_the_registry_is_consistent():
     for item in ITEMS.values():
         names = [c.name for c in item.configs]
         assert len(names) == len(set(names)), item.key
-        for config in item.configs:  # one name is one configuration everywhere
-            assert by_name.setdefault(config.name, config) == config
+        for config in item.configs:  # one name is one configuration everywhere (any label)
+            unlabelled = dataclasses.replace(config, label="")
+            assert by_name.setdefault(config.name, unlabelled) == unlabelled
         if item.baseline:
             assert item.baseline in names
-        assert set(item.paper) <= set(names), item.key
+        rows = names + [c.name for c in item.derived]  # derived rows: computed, not trained
+        assert not set(names) & {c.name for c in item.derived}, item.key
+        assert set(item.paper) <= set(rows), item.key
         for claim in item.claims:
-            assert claim.better in names and set(claim.worse) <= set(names), claim.text
+            assert claim.better in rows and set(claim.worse) <= set(rows), claim.text
+        for k, config in enumerate(item.configs):  # a first stage is planned before its second
+            assert config.first_stage is None or config.first_stage in names[:k], config.name
     # every configuration is a valid `gumbel train` setting, at both schedules
     for config in by_name.values():
+        stage = {"from_run": "/first/stage"} if config.first_stage else {}
         for epochs, schedule in ((None, "1x"), (None, "2x"), (2, "1x")):
-            resolve(TrainConfig.from_dict(config.values(epochs, schedule)))
+            resolve(TrainConfig.from_dict({**config.values(epochs, schedule), **stage}))
 
 
 def test_the_benchmark_has_lvis_like_groups():

@@ -15,6 +15,10 @@ whoever trained them.
   still pending or running, and submits again (resuming from the last checkpoint) one whose
   job ended without finishing it.
 
+A second stage (DisAlign, ``PlannedRun.after``) waits for its first: ``--jobs N`` starts it
+once its first stage has ended here, SLURM submits it then (with ``--no-wait`` it is left for
+the rerun), and a first stage that did not finish leaves it not run, with the reason.
+
 Every run, whoever carries it out, holds an exclusive lock (``flock``) on ``.NAME.lock``
 beside its folder while it trains: two commands on the same OUT never train a run twice. The
 lock is the kernel's, so a killed process leaves no stale lock; a second command that finds it
@@ -114,7 +118,9 @@ def carry_out_locked(item: PlannedRun, progress: bool = False, console: Any = No
     """Carry out one planned run under its lock. The folder is planned again once the lock is
     held: another command may have trained it meanwhile, or killed it at a checkpoint."""
     with run_lock(item.path):
-        fresh = plan_run(item.path, item.values, seed=item.seed, temperature=item.temperature)
+        fresh = plan_run(
+            item.path, item.values, seed=item.seed, temperature=item.temperature, after=item.after
+        )
         item.action, item.state = fresh.action, fresh.state
         carry_out_run(item, progress=progress, console=console)
     return item
@@ -192,7 +198,11 @@ class LocalLauncher:
             for slot in range(self.jobs):
                 if slot in running or not queue:
                     continue
-                i, item = queue.pop(0)
+                waiting = _waiting_paths(queue, running.values())
+                ready = [k for k, (_, q) in enumerate(queue) if not set(q.after) & waiting]
+                if not ready:  # every queued run waits for a first stage still running
+                    break
+                i, item = queue.pop(ready[0])
                 if item.action == SKIP:
                     carry_out_run(item)
                     if done is not None:
@@ -216,6 +226,12 @@ class LocalLauncher:
             if running:
                 time.sleep(self.poll_seconds)
         return True
+
+
+def _waiting_paths(queue: Sequence[tuple[int, PlannedRun]], running: Any) -> set[Path]:
+    """The run folders still queued or running here: a run ``after`` one of them waits."""
+    paths = {item.path.resolve() for _, item in queue}
+    return paths | {entry[2].path.resolve() for entry in running}
 
 
 @contextmanager
@@ -258,6 +274,8 @@ class SlurmLauncher:
 
     def run(self, runs: Sequence[PlannedRun], done: Done | None = None) -> bool:
         pending: list[tuple[int, PlannedRun, Any]] = []
+        # Second stages wait here for their first stages' jobs, then are submitted.
+        held: list[tuple[int, PlannedRun]] = []
         for i, item in enumerate(runs):
             if item.action == SKIP:
                 carry_out_run(item)
@@ -265,18 +283,25 @@ class SlurmLauncher:
                     done(i, item)
                 continue
             job = self._job_of(item)
+            if job is None and item.after and _waits(item, pending, held):
+                held.append((i, item))
+                continue
             if job is None:
-                job = self.executor.submit(carry_out_locked, item)
-                _write_job(item.path, job)
+                job = self._submit(item)
             pending.append((i, item, job))
         if not self.wait:
-            if pending:
+            if pending or held:
+                later = f"; {len(held)} second stages after their first" if held else ""
                 self.say(
                     f"{len(pending)} runs submitted or still queued (job ids beside their "
-                    "folders); rerun the command to collect them and write the report"
+                    f"folders){later}; rerun the command to collect them and write the report"
                 )
-            return not pending
-        while pending:
+            return not pending and not held
+        while pending or held:
+            for entry in list(held):
+                if not _waits(entry[1], pending, held):
+                    held.remove(entry)
+                    pending.append((entry[0], entry[1], self._submit(entry[1])))
             for entry in list(pending):
                 i, item, job = entry
                 if not job.done():
@@ -292,6 +317,11 @@ class SlurmLauncher:
             if pending:
                 time.sleep(self.poll_seconds)
         return True
+
+    def _submit(self, item: PlannedRun) -> Any:
+        job = self.executor.submit(carry_out_locked, item)
+        _write_job(item.path, job)
+        return job
 
     def _job_of(self, item: PlannedRun) -> Any:
         """The job still queued or running for this run (None: submit one)."""
@@ -312,6 +342,12 @@ class SlurmLauncher:
             self.say(f"{item.path.name}: job {record['job_id']} is running; not resubmitted")
             return job
         return None
+
+
+def _waits(item: PlannedRun, pending: Sequence[tuple], held: Sequence[tuple]) -> bool:
+    """Whether one of ``item``'s first stages is still submitted or held here."""
+    here = {entry[1].path.resolve() for entry in (*pending, *held)}
+    return bool(set(item.after) & here)
 
 
 def _job_error(job: Any) -> str | None:

@@ -41,8 +41,9 @@ from gumbel_analysis.spec.layout import PRE_CHECKPOINT_FILES, RunLayout
 
 #: What is done with each run folder.
 TRAIN, RESUME, RESTART, EVALUATE, SKIP = "train", "resume", "restart", "evaluate", "skip"
-#: Derived from other fields or from the machine (world size, mixed precision on CUDA).
-_DERIVED_FIELDS = frozenset({"lr", "world_size", "amp"})
+#: Derived from other fields or from the machine (world size, mixed precision on CUDA), or,
+#: for a second stage, the record of its first (``--from`` is compared).
+_DERIVED_FIELDS = frozenset({"lr", "world_size", "amp", "first_stage"})
 #: Fields that None derives from the data (the run's config.json holds the derived value).
 _DATA_DERIVED_FIELDS = frozenset({"rfs_threshold"})
 
@@ -55,6 +56,8 @@ class PlannedRun:
     state: str  # the folder's status before the plan ran ("new" if absent)
     seed: int = 0
     temperature: float | None = None  # the Gumbel temperature, for the sweep's figure
+    # Run folders that must finish before this one starts (a second stage's first stage).
+    after: tuple[Path, ...] = ()
     # Filled by run_plan.
     status: str = ""
     metrics: dict[str, Any] | None = None
@@ -112,6 +115,7 @@ def plan_run(
     *,
     seed: int = 0,
     temperature: float | None = None,
+    after: tuple[Path, ...] = (),
 ) -> PlannedRun:
     """What to do with ``path`` to get a finished run of ``values`` (TrainConfig fields).
 
@@ -123,7 +127,9 @@ def plan_run(
     if check is not None:
         check(resolved)
     action, state = _action(path, resolved.to_dict())
-    return PlannedRun(path, values, action, state, seed=seed, temperature=temperature)
+    return PlannedRun(
+        path, values, action, state, seed=seed, temperature=temperature, after=tuple(after)
+    )
 
 
 def _action(path: Path, wanted: dict[str, Any]) -> tuple[str, str]:
@@ -217,6 +223,11 @@ def carry_out_run(item: PlannedRun, *, progress: bool = False, console: Any = No
     from gumbel_analysis.engine.inference import evaluate_checkpoint
     from gumbel_analysis.engine.train import train
 
+    unfinished = [p for p in item.after if run_status(p)[0] != FINISHED]
+    if item.action != SKIP and unfinished:  # a second stage whose first did not finish
+        item.status, item.metrics = "", None
+        item.error = f"not run: its first stage {unfinished[0]} did not finish"
+        return
     start = time.perf_counter()
     try:
         if item.action == RESTART:

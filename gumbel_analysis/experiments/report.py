@@ -89,17 +89,22 @@ def item_metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
     if item.paper:
         columns += ["paper AP", "paper APr"]
     rows = []
-    for config in item.configs:
+    for config in (*item.configs, *item.derived):
         key = (config.name, item.schedule)
         runs = measured.runs.get(key, [])
         cfg = runs[0].config if runs else {}
+        if config in item.derived:  # computed by the item's measure: its seeds measured
+            seeds = len(measured.by_seed(config.name, item.schedule, "AP"))
+            state = f"{seeds} of {len(plan.seeds)} (calibrated)"
+        else:
+            state = _state(measured, plan, config.name, item.schedule)
         row: list[Any] = [
             config.label,
             config.loss,
             cfg.get("activation") or config.activation or "",
             config.sampler,
             "✓" if config.enh else "",
-            _state(measured, plan, config.name, item.schedule),
+            state,
         ]
         row += [measured.stat(config.name, item.schedule, m) for m in METRICS]
         if item.baseline:

@@ -38,6 +38,7 @@ from gumbel_analysis.experiments.plan import (
 )
 from gumbel_analysis.experiments.runs import FINISHED
 from gumbel_analysis.io import atomic_path, remove_leftovers
+from gumbel_analysis.spec.config import SECOND_STAGE_EPOCHS
 
 TIMINGS = "timings.json"
 
@@ -60,8 +61,10 @@ def schedule_tag(schedule: str, quick: bool) -> str:
     return f"{schedule}-quick" if quick else schedule
 
 
-def run_path(out: Path, config: Config, schedule: str, quick: bool, seed: int) -> Path:
-    return out / "runs" / f"{config.name}-{schedule_tag(schedule, quick)}-s{seed}"
+def run_path(out: Path, config: Config | str, schedule: str, quick: bool, seed: int) -> Path:
+    """``OUT/runs/CONFIG-SCHEDULE-sSEED`` of a configuration (or its name)."""
+    name = config if isinstance(config, str) else config.name
+    return out / "runs" / f"{name}-{schedule_tag(schedule, quick)}-s{seed}"
 
 
 @dataclass
@@ -143,6 +146,8 @@ def plan_reproduce(
         for config in item.configs:
             if (config.name, item.schedule) in seen:
                 continue
+            if config.first_stage is not None and (config.first_stage, item.schedule) not in seen:
+                raise ValueError(f"{config.name}: its first stage {config.first_stage} comes first")
             seen.add((config.name, item.schedule))
             values = {
                 **(machine or {}),
@@ -153,8 +158,15 @@ def plan_reproduce(
                 values["score_threshold"] = material.QUICK_SCORE_THRESHOLD
             for s in seed_list:
                 path = run_path(out, config, item.schedule, quick, s)
-                planned = plan_run(path, values, seed=s, temperature=None)
-                runs.append(Planned(config, item.schedule, epochs, planned))
+                after: tuple[Path, ...] = ()
+                run_epochs = epochs
+                if config.first_stage is not None:  # trains from that seed's first stage
+                    first = run_path(out, config.first_stage, item.schedule, quick, s)
+                    after = (first.resolve(),)
+                    values = {**values, "from_run": str(after[0])}
+                    run_epochs = SECOND_STAGE_EPOCHS
+                planned = plan_run(path, values, seed=s, temperature=None, after=after)
+                runs.append(Planned(config, item.schedule, run_epochs, planned))
     ensure_data(out, progress)  # every run checked: only now is anything written
     return Plan(out, selected, seed_list, quick, runs)
 
