@@ -245,3 +245,22 @@ def test_a_real_sigkill_at_any_moment_resumes_to_the_same_weights(data_dir, tmp_
     b = torch.load(cut / "model_final.pt", weights_only=False)["model"]
     for key in a:
         assert torch.equal(a[key], b[key]), (key, killed_at)
+
+
+def test_a_second_stage_resumes_mid_epoch_exactly(data_dir, tmp_path):
+    # DisAlign from a 1-epoch Softmax run: its 2 epochs of 3 iterations, killed before the 6th.
+    first = tmp_path / "first"
+    train(config(data_dir, first, loss="softmax", epochs=1, grad_log=False), progress=False)
+    opts = dict(loss="disalign", from_run=str(first), epochs=None, checkpoint_every=2)
+    full = tmp_path / "full"
+    train(config(data_dir, full, **opts), progress=False)
+    cut = tmp_path / "cut"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(data_dir, cut, **opts), progress=False, extra_hooks=[KillAt(5)])
+    assert ckpt.load_checkpoint(cut / "last.pt")["iteration"] == 4
+    train(config(data_dir, cut, **opts), resume=True, progress=False)
+    assert_same_run(full, cut)
+    second = torch.load(full / "model_final.pt", weights_only=False)["model"]
+    first_model = torch.load(first / "model_final.pt", weights_only=False)["model"]
+    fresh = set(second) - set(first_model)  # DisAlign's alignment: what the stage trained
+    assert fresh and all(k.startswith("roi_heads.box_predictor.") for k in fresh), fresh

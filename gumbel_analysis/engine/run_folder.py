@@ -95,12 +95,20 @@ def _read_config_json(run: RunLayout) -> dict[str, Any]:
 _MAY_DIFFER = frozenset({"out", "world_size", "lr", "amp", *SAFE_ON_RESUME})
 
 
+def _as_json(value: Any) -> Any:
+    """``value`` as config.json holds it: tuples as lists, at any depth (a second stage's
+    ``first_stage`` is a whole config, with its ``lr_steps``)."""
+    if isinstance(value, dict):
+        return {k: _as_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_as_json(v) for v in value]
+    return value
+
+
 def _check_same_run(run: RunLayout, checkpoint: dict[str, Any], recorded: dict[str, Any]) -> None:
     """The checkpoint holds a state of the run its folder's config.json describes."""
     for key in sorted((set(checkpoint) | set(recorded)) - _MAY_DIFFER):
-        have, want = checkpoint.get(key), recorded.get(key)
-        if isinstance(have, list | tuple) and isinstance(want, list | tuple):
-            have, want = list(have), list(want)
+        have, want = _as_json(checkpoint.get(key)), _as_json(recorded.get(key))
         if have != want:
             raise InputError(
                 f"{run.last} is not a checkpoint of the run in {run.config} ({key} is {have!r} "
