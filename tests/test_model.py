@@ -228,6 +228,31 @@ def test_presets_wire_through():
         build_model("r18-fpn", C, make_loss("softmax"))
 
 
+def test_the_resnext_preset_is_torchvisions_32x8d_with_the_r50_recipe():
+    from torchvision.models import resnext101_32x8d
+
+    model = build_model("x101-fpn", C, make_loss("gumbel"))
+    body = model.backbone.body
+    block = body.layer3[22]  # 23 blocks in layer3: a 101-layer network
+    assert block.conv2.groups == 32 and block.conv2.in_channels == 32 * 8 * 4  # 32 x 8d, stage 3
+    reference = resnext101_32x8d(weights=None)
+    ours = {k: v.shape for k, v in body.state_dict().items()}
+    theirs = {k: v.shape for k, v in reference.state_dict().items() if not k.startswith("fc.")}
+    assert ours == theirs  # torchvision's ImageNet weights load as a backbone file
+    assert model.backbone.fpn.inner_blocks[3][0].in_channels == 2048
+    assert model.transform.min_size == (800,)
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 512
+    # one training step, on small images so that the CPU takes a second
+    model.transform.min_size, model.transform.max_size = (96,), 96
+    boxes = torch.tensor([[10.0, 12.0, 60.0, 70.0]])
+    masks = torch.zeros(1, 96, 96, dtype=torch.uint8)
+    masks[0, 12:70, 10:60] = 1
+    target = {"boxes": boxes, "labels": torch.tensor([2]), "masks": masks}
+    losses = model.train()([torch.rand(3, 96, 96)], [target])
+    sum(losses.values()).backward()
+    assert body.layer4[2].conv3.weight.grad.abs().sum() > 0
+
+
 def test_missing_or_corrupt_weights_file(tmp_path):
     with pytest.raises(InputError, match="does not exist"):
         build_model("tiny", C, make_loss("gumbel"), weights=tmp_path / "none.pth")

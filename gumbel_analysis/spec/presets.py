@@ -119,4 +119,6 @@ PRESETS: dict[str, Preset] = {
     # The paper's: shorter side 800, longer at most 1333, 512 RoIs per image.
     "r50-fpn": Preset(name="r50-fpn", backbone="resnet50"),
     "r101-fpn": Preset(name="r101-fpn", backbone="resnet101"),
+    # Table 3's ResNeXt-101 32x8d: the same recipe, torchvision's resnext101_32x8d.
+    "x101-fpn": Preset(name="x101-fpn", backbone="resnext101_32x8d"),
 }
