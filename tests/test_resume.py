@@ -18,9 +18,12 @@ SPEC = SyntheticSpec(classes=6, train_images=24, val_images=6, size=64, seed=1)
 
 #: Losses the mid-epoch resume is checked on; a loss with running statistics (e.g. eqlv2) is
 #: one more name here.
-RESUME_LOSSES = ["gumbel", "gol", "eqlv2", "seesaw", "loce", "loce+mfs"]
-#: A RESUME_LOSSES name -> the loss and its options.
-RESUME_OPTIONS = {"loce+mfs": ("loce", {"loce_mfs": True, "loce_mfs_queue": 20})}
+RESUME_LOSSES = ["gumbel", "gol", "eqlv2", "seesaw", "loce", "loce+mfs", "cascade/eqlv2"]
+#: A RESUME_LOSSES name -> the loss and the other fields of its run.
+RESUME_OPTIONS = {
+    "loce+mfs": ("loce", {"loss_options": {"loce_mfs": True, "loce_mfs_queue": 20}}),
+    "cascade/eqlv2": ("eqlv2", {"preset": "cascade-tiny"}),
+}
 
 
 @pytest.fixture(scope="module")
@@ -87,8 +90,9 @@ def assert_same_run(full, cut):
 def test_resume_mid_epoch_is_exact(data_dir, tmp_path, loss, workers):
     # Checkpoints every 2 iterations; the kill before iteration 6 leaves the one at iteration 4,
     # one step into the second epoch (with a flip-heavy augmentation to make any drift show).
-    name, options = RESUME_OPTIONS.get(loss, (loss, {}))
-    opts = dict(loss=name, loss_options=options, workers=workers, checkpoint_every=2, hflip=0.5)
+    name, fields = RESUME_OPTIONS.get(loss, (loss, {}))
+    options = fields.get("loss_options", {})
+    opts = dict(loss=name, workers=workers, checkpoint_every=2, hflip=0.5, **fields)
     full = tmp_path / "full"
     train(config(data_dir, full, **opts), progress=False)
     cut = tmp_path / "cut"

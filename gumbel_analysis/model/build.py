@@ -1,4 +1,5 @@
-"""Mask R-CNN with FPN from a preset and a classification loss of the registry.
+"""Mask R-CNN with FPN (or Cascade Mask R-CNN, ``model/cascade.py``) from a preset and a
+classification loss of the registry.
 
 Everything is built from torchvision's public modules with ``weights=None``: nothing is ever
 downloaded. Backbone or model weights come from a local file (``--weights PATH``).
@@ -6,6 +7,7 @@ downloaded. Backbone or model weights come from a local file (``--weights PATH``
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +23,13 @@ from torchvision.ops.misc import FrozenBatchNorm2d
 
 from gumbel_analysis.errors import InputError
 from gumbel_analysis.losses.base import ClassificationLoss
+from gumbel_analysis.model.cascade import (
+    CASCADE_BOX_WEIGHTS,
+    CASCADE_IOUS,
+    CASCADE_LOSS_WEIGHTS,
+    CascadeRoIHeads,
+    CascadeStage,
+)
 from gumbel_analysis.model.disalign import DisAlignBoxPredictor, freeze_all_but_the_alignment
 from gumbel_analysis.model.feature_memory import FeatureMemory
 from gumbel_analysis.model.heads import BoxPredictor, LossRoIHeads
@@ -167,16 +176,12 @@ def build_model(
         mask_predictor=mask_predictor,
     )
     tv_heads = model.roi_heads
-    model.roi_heads = LossRoIHeads(
-        loss,
+    heads_kwargs: dict[str, Any] = dict(
         box_roi_pool=tv_heads.box_roi_pool,
         box_head=tv_heads.box_head,
         box_predictor=tv_heads.box_predictor,
-        fg_iou_thresh=0.5,
-        bg_iou_thresh=0.5,
         batch_size_per_image=preset.box_batch_size_per_image,
         positive_fraction=0.25,
-        bbox_reg_weights=None,
         score_thresh=score_thresh,
         nms_thresh=ENH_NMS_IOU if enh else NMS_IOU,
         detections_per_img=detections_per_img,
@@ -184,6 +189,12 @@ def build_model(
         mask_head=tv_heads.mask_head,
         mask_predictor=tv_heads.mask_predictor,
     )
+    if preset.cascade_stages:
+        model.roi_heads = _cascade_heads(preset, loss, heads_kwargs)
+    else:
+        model.roi_heads = LossRoIHeads(
+            loss, fg_iou_thresh=0.5, bg_iou_thresh=0.5, bbox_reg_weights=None, **heads_kwargs
+        )
     if loss.feature_memory_options is not None:
         model.roi_heads.feature_memory = FeatureMemory(
             num_classes, **loss.feature_memory_options, seed=seed
@@ -197,6 +208,39 @@ def build_model(
     if loss.adjusts_logits:  # DisAlign's second stage: the first stage's model, frozen
         freeze_all_but_the_alignment(model)
     return model
+
+
+def _cascade_heads(
+    preset: Preset, loss: ClassificationLoss, heads_kwargs: dict[str, Any]
+) -> CascadeRoIHeads:
+    """The cascade's RoI heads: ``loss`` is the last stage's; the earlier stages get copies
+    (their own statistics), each its box head and class-agnostic predictor."""
+    if loss.feature_memory_options is not None or loss.adjusts_logits:
+        raise InputError(
+            f"--preset {preset.name}: --loss {loss.name} with MFS or a second stage needs Mask "
+            "R-CNN's heads"
+        )
+    stages = preset.cascade_stages
+    channels, size = preset.fpn_channels, preset.box_representation_size
+    earlier = []
+    for _ in range(stages - 1):
+        stage_loss = copy.deepcopy(loss)
+        earlier.append(
+            CascadeStage(
+                TwoMLPHead(channels * 7**2, size),
+                BoxPredictor(size, stage_loss, class_agnostic=True),
+                stage_loss,
+            )
+        )
+    heads_kwargs["box_predictor"] = BoxPredictor(size, loss, class_agnostic=True)
+    return CascadeRoIHeads(
+        loss,
+        earlier,
+        ious=CASCADE_IOUS[:stages],
+        box_weights=CASCADE_BOX_WEIGHTS[:stages],
+        loss_weights=CASCADE_LOSS_WEIGHTS[:stages],
+        **heads_kwargs,
+    )
 
 
 def _outputs_in_float32(module: nn.Module, inputs: Any, outputs: Any) -> Any:

@@ -47,12 +47,13 @@ def to_loss_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 
 class BoxPredictor(nn.Module):
     """Classifier with ``loss.num_outputs`` columns, initialised by the loss, and class-specific
-    box regression with ``4 C`` outputs (normal, std 0.001, as detectron2 and mmdetection)."""
+    box regression with ``4 C`` outputs (normal, std 0.001, as detectron2 and mmdetection), or
+    ``class_agnostic`` 4 (a cascade's stages)."""
 
-    def __init__(self, in_channels: int, loss: ClassificationLoss):
+    def __init__(self, in_channels: int, loss: ClassificationLoss, class_agnostic: bool = False):
         super().__init__()
         self.cls_score = nn.Linear(in_channels, loss.num_outputs)
-        self.bbox_pred = nn.Linear(in_channels, loss.num_classes * 4)
+        self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic else loss.num_classes * 4)
         loss.init_classifier(self.cls_score)
         nn.init.normal_(self.bbox_pred.weight, std=0.001)
         nn.init.zeros_(self.bbox_pred.bias)
@@ -104,13 +105,20 @@ def mask_loss(
 
 
 def box_regression_loss(
-    box_regression: torch.Tensor, loss_labels: torch.Tensor, regression_targets: torch.Tensor
+    box_regression: torch.Tensor,
+    loss_labels: torch.Tensor,
+    regression_targets: torch.Tensor,
+    num_classes: int | None = None,
 ) -> torch.Tensor:
     """torchvision's box loss: smooth L1 (beta 1/9) of the foreground RoIs' own-class deltas,
-    summed and divided by the number of sampled RoIs (background included)."""
-    num_classes = box_regression.shape[1] // 4
+    summed and divided by the number of sampled RoIs (background included). ``loss_labels`` in
+    0..C (C: the background); ``box_regression`` [N, 4 C], or [N, 4] class-agnostic (a cascade's
+    stages) with ``num_classes`` C given."""
+    outputs = box_regression.shape[1] // 4
+    num_classes = outputs if num_classes is None else num_classes
     fg = torch.where(loss_labels < num_classes)[0]
-    deltas = box_regression.reshape(box_regression.shape[0], num_classes, 4)[fg, loss_labels[fg]]
+    own = loss_labels[fg] if outputs > 1 else torch.zeros_like(loss_labels[fg])
+    deltas = box_regression.reshape(box_regression.shape[0], outputs, 4)[fg, own]
     loss = F.smooth_l1_loss(
         deltas, regression_targets[fg], beta=BOX_SMOOTH_L1_BETA, reduction="sum"
     )
@@ -296,17 +304,33 @@ class LossRoIHeads(RoIHeads):
 
         Returns boxes [K, 4], scores [K] and labels [K] in 1..C per image.
         """
-        num_classes = self.num_classes
         per_image = [len(p) for p in proposals]
         # float32 even under autocast: half precision cannot place boxes in 1333 px images, and
         # its 8 (bfloat16) or 11 (float16) bits would tie the scores AP ranks by.
         box_regression, class_logits = at_least_float32(box_regression, class_logits)
-        all_boxes = self.box_coder.decode(box_regression, proposals).split(per_image)
+        all_boxes = self.box_coder.decode(box_regression, proposals)
         all_scores = self.classification_loss.scores(class_logits)
+        background = None
         if self.score_calibration is not None:
             background = self.classification_loss.background_scores(class_logits)
+        return self.select_detections(all_boxes, all_scores, background, per_image, image_shapes)
+
+    def select_detections(
+        self,
+        all_boxes: torch.Tensor,
+        all_scores: torch.Tensor,
+        background: torch.Tensor | None,
+        per_image: list[int],
+        image_shapes: list[tuple[int, int]],
+    ) -> tuple[list[torch.Tensor], list[torch.Tensor], list[torch.Tensor]]:
+        """From the decoded boxes [N, C, 4] and scores [N, C] of all images' RoIs (``per_image``
+        of each; ``background`` [N] or None, for the calibration): ``score_calibration`` if
+        set, then per image the threshold, the small-box filter, NMS and the top detections
+        (see :meth:`postprocess_detections`)."""
+        num_classes = self.num_classes
+        if self.score_calibration is not None:
             all_scores = self.score_calibration(all_scores, background)
-        all_scores = all_scores.split(per_image)
+        all_boxes, all_scores = all_boxes.split(per_image), all_scores.split(per_image)
         out_boxes, out_scores, out_labels = [], [], []
         for boxes, scores, shape in zip(all_boxes, all_scores, image_shapes, strict=True):
             boxes = box_ops.clip_boxes_to_image(boxes, shape).reshape(-1, 4)

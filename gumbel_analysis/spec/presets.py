@@ -9,7 +9,7 @@ Adding a preset: one :class:`Preset` in :data:`PRESETS` below.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 #: Learning-rate steps (in epochs) and length of the paper's schedules.
 SCHEDULES = {"1x": (12, (8, 11)), "2x": (24, (16, 22))}
@@ -70,6 +70,9 @@ class Preset:
     #: single-threaded and costs in proportion to its square.
     roi_sampling_ratio: int = 2
     trainable_backbone_layers: int = 3
+    #: Box stages of a Cascade Mask R-CNN (``model/cascade.py``; IoU 0.5, 0.6, 0.7), 0 for Mask
+    #: R-CNN's single head.
+    cascade_stages: int = 0
     #: Training and test defaults (the paper's r50/r101 recipe unless the preset says otherwise:
     #: batch 16 over 8 GPUs, 500 warm-up iterations).
     recipe: Recipe = field(default_factory=Recipe)
@@ -83,6 +86,8 @@ class Preset:
             raise ValueError(f"backbone_width applies to {', '.join(BASIC_BLOCK_DEPTHS)} only")
         if not 0 <= self.trainable_backbone_layers <= 5:
             raise ValueError("trainable_backbone_layers must lie in 0..5")
+        if not 0 <= self.cascade_stages <= 3:
+            raise ValueError("cascade_stages must lie in 0..3")
 
     @property
     def featmap_names(self) -> list[str]:
@@ -122,3 +127,10 @@ PRESETS: dict[str, Preset] = {
     # Table 3's ResNeXt-101 32x8d: the same recipe, torchvision's resnext101_32x8d.
     "x101-fpn": Preset(name="x101-fpn", backbone="resnext101_32x8d"),
 }
+# Table 3's Cascade Mask R-CNN: three box stages on each backbone (tiny: on the CPU).
+PRESETS.update(
+    {
+        f"cascade-{name}": replace(PRESETS[name], name=f"cascade-{name}", cascade_stages=3)
+        for name in ("tiny", "r50-fpn", "r101-fpn")
+    }
+)
