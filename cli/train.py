@@ -71,6 +71,7 @@ def train(
     checkpoint_every: CheckpointEveryOption = None,
     grad_log: GradLogOption = None,
     grad_every: field_option("grad_every") = None,
+    grad_stage: field_option("grad_stage") = None,
     evaluate: field_option("evaluate") = None,
     score_threshold: field_option("score_threshold") = None,
     max_dets: field_option("max_dets") = None,

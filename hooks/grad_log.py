@@ -47,9 +47,11 @@ def log_attributes(
     gumbel_mode: str = "",
     dataset: str = "",
     grad_every: int = 1,
+    stage: int = 1,
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The file attributes of the schema."""
+    """The file attributes of the schema (``stage``: the box stage recorded, 1-based; a
+    cascade has several)."""
     return {
         "schema": SCHEMA,
         "schema_version": SCHEMA_VERSION,
@@ -60,6 +62,7 @@ def log_attributes(
         "num_classes": int(num_classes),
         "dataset": dataset,
         "grad_every": int(grad_every),
+        "stage": int(stage),
         "config": json.dumps(config or {}),
     }
 

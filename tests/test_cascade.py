@@ -44,6 +44,12 @@ def test_presets_build_three_stages_with_the_reference_settings():
     assert {"cascade-r50-fpn", "cascade-r101-fpn"} <= set(PRESETS)
     with pytest.raises(InputError, match="Mask R-CNN's heads"):
         build_model("cascade-tiny", C, make_loss("loce", loce_mfs=True))
+    from gumbel_analysis.spec.config import TrainConfig
+
+    with pytest.raises(InputError, match="--loce-mfs needs Mask R-CNN's heads"):
+        TrainConfig(preset="cascade-tiny", loss="loce", loss_options={"loce_mfs": True})
+    with pytest.raises(InputError, match="--loss disalign needs Mask R-CNN's heads"):
+        TrainConfig(preset="cascade-tiny", loss="disalign", from_run="/x")
 
 
 def test_one_stage_is_mask_rcnns_head_with_its_regression_shared_by_the_classes():
@@ -167,10 +173,11 @@ TRAINABLE = [n for n in available_losses() if not loss_entry(n).second_stage]
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("preset", ["cascade-tiny", "htc-tiny"])
 @pytest.mark.parametrize("name", TRAINABLE)
-def test_every_loss_trains_the_cascade_and_keeps_its_statistics_per_stage(name):
+def test_every_loss_trains_the_cascade_and_keeps_its_statistics_per_stage(name, preset):
     torch.manual_seed(1)
-    model = build_model("cascade-tiny", C, make_loss(name)).train()
+    model = build_model(preset, C, make_loss(name)).train()
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     start = {k: v.clone() for k, v in model.roi_heads.stages[0].loss.named_buffers()}
     images, targets = make_batch()
@@ -188,3 +195,107 @@ def test_every_loss_trains_the_cascade_and_keeps_its_statistics_per_stage(name):
     assert bool(moved) == (name in ("eqlv2", "seesaw", "loce")), moved
     for key in set(moved) & {"pos_grad", "neg_grad", "mean_score"}:  # scores, not counts
         assert not torch.equal(buffers[0][key], buffers[2][key]), key  # each stage its own
+
+
+def test_grad_stage_picks_the_recorded_stage_and_the_log_says_which(tmp_path):
+    import h5py
+
+    from gumbel_analysis.data.synthetic import SyntheticSpec, make_synthetic
+    from gumbel_analysis.engine.train import train
+    from gumbel_analysis.spec.config import TrainConfig
+
+    data = make_synthetic(
+        tmp_path / "d",
+        SyntheticSpec(classes=4, train_images=20, val_images=4, size=64),
+        progress=False,
+    )
+    common = dict(data=str(data), preset="cascade-tiny", loss="eqlv2", max_iters=2, workers=0,
+                  batch_size=4, grad_every=1, evaluate=False, device="cpu")  # fmt: skip
+    sums = {}
+    for stage in (1, 3):
+        out = tmp_path / f"s{stage}"
+        train(TrainConfig(out=str(out), grad_stage=stage, **common), progress=False)
+        with h5py.File(out / "grads.h5") as f:
+            assert f.attrs["stage"] == stage
+            sums[stage] = f["negative_count"][:]
+    assert not np.array_equal(sums[1], sums[3])  # EQLv2's weights of another stage
+    with pytest.raises(InputError, match="--grad-stage 2: --preset tiny has one box head"):
+        TrainConfig(preset="tiny", grad_stage=2)
+    with pytest.raises(InputError, match="--grad-stage 4"):
+        TrainConfig(preset="cascade-tiny", grad_stage=4)
+
+
+# --- Hybrid Task Cascade ----------------------------------------------------------------------
+
+
+def htc(loss: str = "gumbel"):
+    return build_model("htc-tiny", C, make_loss(loss))
+
+
+def test_htc_mask_stages_pass_their_features_on():
+    from gumbel_analysis.model.cascade import HTCRoIHeads
+
+    heads = htc().roi_heads
+    assert isinstance(heads, HTCRoIHeads) and len(heads.earlier_mask_heads) == 2
+    x = torch.randn(5, PRESETS["htc-tiny"].fpn_channels, 14, 14)
+    feats = heads.mask_stage_features(x, 2)
+    h = [*heads.earlier_mask_heads, heads.mask_head]
+    f0 = h[0](x)
+    f1 = h[1](x + torch.relu(heads.mask_flows[0][0](f0)))
+    f2 = h[2](x + torch.relu(heads.mask_flows[1][0](f1)))
+    for got, want in zip(feats, (f0, f1, f2), strict=True):
+        torch.testing.assert_close(got, want)
+    assert not torch.allclose(f2, h[2](x))  # the flow changes the last stage's input
+
+
+def test_htc_masks_are_the_mean_of_the_stages_probabilities():
+    model = htc().eval()
+    heads = model.roi_heads
+    biases = (-2.0, 0.0, 1.5)
+    predictors = [*heads.earlier_mask_predictors, heads.mask_predictor]
+    for predictor, b in zip(predictors, biases, strict=True):
+        torch.nn.init.zeros_(predictor.mask_fcn_logits.weight)
+        torch.nn.init.constant_(predictor.mask_fcn_logits.bias, b)
+    channels = PRESETS["htc-tiny"].fpn_channels
+    features = {name: torch.randn(1, channels, 32 // 2**i, 32 // 2**i) for i, name in
+                enumerate(PRESETS["htc-tiny"].featmap_names)}  # fmt: skip
+    boxes = [torch.tensor([[2.0, 3.0, 40.0, 50.0], [10.0, 10.0, 30.0, 60.0]])]
+    with torch.no_grad():
+        masks = heads.mask_probabilities(features, boxes, [(128, 128)], torch.tensor([0, 2]))
+    want = float(np.mean([1 / (1 + np.exp(-b)) for b in biases]))
+    assert masks.shape == (2, 28, 28)
+    torch.testing.assert_close(masks, torch.full_like(masks, want))
+
+
+def test_htc_trains_each_mask_stage_on_the_rois_its_box_stage_moved(monkeypatch):
+    torch.manual_seed(2)
+    model = htc().train()
+    heads = model.roi_heads
+    calls = []
+    sample = heads.sample_stage
+
+    def recording(proposals, targets, stage):
+        out = sample(proposals, targets, stage)
+        calls.append(([p.clone() for p in proposals], stage, out))
+        return out
+
+    monkeypatch.setattr(heads, "sample_stage", recording)
+    moved_by = []
+    moved = heads._moved
+    monkeypatch.setattr(heads, "_moved", lambda *a: moved_by.append(moved(*a)) or moved_by[-1])
+    images, targets = make_batch()
+    losses = model(images, targets)
+    # box 1, mask 1, box 2, mask 2, box 3, mask 3: each mask stage samples at its box stage's IoU
+    assert [c[1].matcher.high_threshold for c in calls] == [0.5, 0.5, 0.6, 0.6, 0.7, 0.7]
+    for k in range(3):
+        box_call, mask_call = calls[2 * k], calls[2 * k + 1]
+        is_gt = box_call[2][4]
+        for got, boxes, gt in zip(mask_call[0], moved_by[k], is_gt, strict=True):
+            torch.testing.assert_close(got, boxes[~gt])  # the box stage's RoIs, moved
+        if k < 2:  # and the next box stage starts from them too
+            for got, want in zip(calls[2 * k + 2][0], mask_call[0], strict=True):
+                torch.testing.assert_close(got, want)
+    losses["loss_mask"].backward()
+    for predictor in [*heads.earlier_mask_predictors, heads.mask_predictor]:
+        assert predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
+    assert heads.mask_flows[0][0].weight.grad.abs().sum() > 0

@@ -18,11 +18,14 @@ SPEC = SyntheticSpec(classes=6, train_images=24, val_images=6, size=64, seed=1)
 
 #: Losses the mid-epoch resume is checked on; a loss with running statistics (e.g. eqlv2) is
 #: one more name here.
-RESUME_LOSSES = ["gumbel", "gol", "eqlv2", "seesaw", "loce", "loce+mfs", "cascade/eqlv2"]
+RESUME_LOSSES = [
+    "gumbel", "gol", "eqlv2", "seesaw", "loce", "loce+mfs", "cascade/eqlv2", "htc/seesaw"
+]  # fmt: skip
 #: A RESUME_LOSSES name -> the loss and the other fields of its run.
 RESUME_OPTIONS = {
     "loce+mfs": ("loce", {"loss_options": {"loce_mfs": True, "loce_mfs_queue": 20}}),
     "cascade/eqlv2": ("eqlv2", {"preset": "cascade-tiny"}),
+    "htc/seesaw": ("seesaw", {"preset": "htc-tiny"}),
 }
 
 

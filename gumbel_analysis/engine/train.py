@@ -61,6 +61,7 @@ from gumbel_analysis.model.calibration import calibration_tag
 from gumbel_analysis.spec.config import DataStats, TrainConfig, resolve
 from gumbel_analysis.spec.layout import RunLayout
 from gumbel_analysis.spec.losses import loss_entry
+from gumbel_analysis.spec.presets import PRESETS
 
 __all__ = ["Trainer", "build_grad_log_writer", "train"]
 
@@ -253,6 +254,9 @@ def build_gradient_recorder(
 ) -> GradientRecorderHook:
     """The recorder on the box classifier's logits (``docs/grad-log.md``), registered on the
     model's RoI heads; rank 0's opens the log when training starts."""
+    heads = model.roi_heads
+    if cfg.grad_stage is not None and hasattr(heads, "recorded_stage"):
+        heads.recorded_stage = cfg.grad_stage - 1  # a cascade's stage (checked by the config)
     recorder = GradientRecorderHook(
         loss.num_classes,
         every=cfg.grad_every,
@@ -261,13 +265,19 @@ def build_gradient_recorder(
             if dist.is_main
             else None
         ),
-        weights_fn=lambda: getattr(loss, "last_weights", None),
+        weights_fn=lambda: getattr(heads.recorded_loss, "last_weights", None),
         # Gradients of the scaled loss are divided by the scale of the step's backward.
         scale_fn=loss_scale_fn(scaler, device),
         reduce_fn=(lambda t: all_reduce_sum(t, dist)) if dist.enabled else None,
     )
     model.roi_heads.register_class_logits_hook(recorder.watch)
     return recorder
+
+
+def _recorded_stage(cfg: TrainConfig) -> int:
+    """The box stage (1-based) the gradient log records: 1 for Mask R-CNN's one head."""
+    stages = max(PRESETS[cfg.preset].cascade_stages, 1)
+    return cfg.grad_stage if cfg.grad_stage is not None else stages
 
 
 def build_grad_log_writer(
@@ -288,6 +298,7 @@ def build_grad_log_writer(
         gumbel_mode=str(getattr(loss, "mode", "") or ""),
         dataset=cfg.data or f"synthetic:{SyntheticSpec().key()}",
         grad_every=cfg.grad_every,
+        stage=_recorded_stage(cfg),
         config=cfg.to_dict(),
     )
     return GradientLogWriter(run.grads, attributes, categories, resume_after)

@@ -29,6 +29,7 @@ from gumbel_analysis.model.cascade import (
     CASCADE_LOSS_WEIGHTS,
     CascadeRoIHeads,
     CascadeStage,
+    HTCRoIHeads,
 )
 from gumbel_analysis.model.disalign import DisAlignBoxPredictor, freeze_all_but_the_alignment
 from gumbel_analysis.model.feature_memory import FeatureMemory
@@ -142,10 +143,7 @@ def build_model(
     backbone = build_backbone(preset, pretrained=state is not None)
     channels = preset.fpn_channels
     levels = len(preset.anchor_sizes)
-    mask_channels = preset.mask_head_channels[-1]
-    mask_predictor = MaskRCNNPredictor(mask_channels, mask_channels, num_classes)
-    if enh:
-        mask_predictor.mask_fcn_logits = CosineConv1x1(mask_channels, num_classes)
+    mask_predictor = _mask_predictor(preset, num_classes, enh)
     model = MaskRCNN(
         backbone,
         num_classes=None,
@@ -190,7 +188,7 @@ def build_model(
         mask_predictor=tv_heads.mask_predictor,
     )
     if preset.cascade_stages:
-        model.roi_heads = _cascade_heads(preset, loss, heads_kwargs)
+        model.roi_heads = _cascade_heads(preset, loss, heads_kwargs, enh)
     else:
         model.roi_heads = LossRoIHeads(
             loss, fg_iou_thresh=0.5, bg_iou_thresh=0.5, bbox_reg_weights=None, **heads_kwargs
@@ -210,11 +208,21 @@ def build_model(
     return model
 
 
+def _mask_predictor(preset: Preset, num_classes: int, enh: bool) -> nn.Module:
+    """torchvision's mask predictor (deconvolution, 1x1 logits), cosine logits with ``enh``."""
+    mask_channels = preset.mask_head_channels[-1]
+    predictor = MaskRCNNPredictor(mask_channels, mask_channels, num_classes)
+    if enh:
+        predictor.mask_fcn_logits = CosineConv1x1(mask_channels, num_classes)
+    return predictor
+
+
 def _cascade_heads(
-    preset: Preset, loss: ClassificationLoss, heads_kwargs: dict[str, Any]
+    preset: Preset, loss: ClassificationLoss, heads_kwargs: dict[str, Any], enh: bool
 ) -> CascadeRoIHeads:
     """The cascade's RoI heads: ``loss`` is the last stage's; the earlier stages get copies
-    (their own statistics), each its box head and class-agnostic predictor."""
+    (their own statistics), each its box head and class-agnostic predictor (and, for HTC, its
+    mask head, predictor and information-flow convolution)."""
     if loss.feature_memory_options is not None or loss.adjusts_logits:
         raise InputError(
             f"--preset {preset.name}: --loss {loss.name} with MFS or a second stage needs Mask "
@@ -233,14 +241,23 @@ def _cascade_heads(
             )
         )
     heads_kwargs["box_predictor"] = BoxPredictor(size, loss, class_agnostic=True)
-    return CascadeRoIHeads(
-        loss,
-        earlier,
+    heads_kwargs.update(
         ious=CASCADE_IOUS[:stages],
         box_weights=CASCADE_BOX_WEIGHTS[:stages],
         loss_weights=CASCADE_LOSS_WEIGHTS[:stages],
-        **heads_kwargs,
     )
+    if not preset.htc:
+        return CascadeRoIHeads(loss, earlier, **heads_kwargs)
+    mask_channels = list(preset.mask_head_channels)
+    masks = [
+        (MaskRCNNHeads(channels, mask_channels, 1), _mask_predictor(preset, loss.num_classes, enh))
+        for _ in range(stages - 1)
+    ]
+    flows = [
+        nn.Sequential(nn.Conv2d(mask_channels[-1], channels, 1), nn.ReLU(inplace=False))
+        for _ in range(stages - 1)
+    ]
+    return HTCRoIHeads(loss, earlier, masks, flows, **heads_kwargs)
 
 
 def _outputs_in_float32(module: nn.Module, inputs: Any, outputs: Any) -> Any:

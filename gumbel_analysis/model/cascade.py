@@ -1,4 +1,5 @@
-"""Cascade Mask R-CNN's RoI heads (Cai and Vasconcelos, 2019) with the losses of the registry.
+"""Cascade Mask R-CNN's RoI heads (Cai and Vasconcelos, 2019) and Hybrid Task Cascade's
+(:class:`HTCRoIHeads`, Chen et al., 2019) with the losses of the registry.
 
 A cascade refines its boxes in stages, each trained at a stricter IoU. Stage ``k`` has its own
 box head, classifier (built and initialised by the chosen loss: the Gumbel bias of Sec. 1.1 in
@@ -26,8 +27,9 @@ for a Sigmoid or Gumbel head); the boxes are the last stage's. Then the threshol
 top detections as Mask R-CNN, and the masks on the final boxes.
 
 The last stage is the base ``RoIHeads``' own ``box_head``, ``box_predictor``, matcher and box
-coder, and its loss the heads' ``classification_loss``: the gradient recorder and anything that
-reads "the" classifier see the last stage. A cascade of one stage is Mask R-CNN's head with
+coder, and its loss the heads' ``classification_loss``: anything that reads "the" classifier
+sees the last stage. The gradient recorder sees ``recorded_stage`` (``--grad-stage``; default
+the last). A cascade of one stage is Mask R-CNN's head with
 class-agnostic regression.
 """
 
@@ -49,6 +51,7 @@ from gumbel_analysis.model.heads import (
     matched_instances,
     to_loss_labels,
 )
+from gumbel_analysis.model.mask_predictor import own_class_mask_logits
 
 #: The reference configurations' three stages.
 CASCADE_IOUS = (0.5, 0.6, 0.7)
@@ -79,6 +82,9 @@ class _Stage:
 
 
 class CascadeRoIHeads(LossRoIHeads):
+    #: Hybrid Task Cascade trains a mask stage after each box stage (:class:`HTCRoIHeads`).
+    interleaved = False
+
     """``LossRoIHeads`` with ``len(earlier) + 1`` box stages (module docstring). ``earlier``:
     the stages before the last; the base heads' box head, predictor and loss are the last.
     ``ious``, ``box_weights`` and ``loss_weights`` have one entry per stage."""
@@ -104,6 +110,12 @@ class CascadeRoIHeads(LossRoIHeads):
         self.matchers = [det_utils.Matcher(i, i, allow_low_quality_matches=False) for i in ious]
         self.coders = [det_utils.BoxCoder(w) for w in box_weights]
         self.loss_weights = tuple(float(w) for w in loss_weights)
+        #: The stage (0-based) whose classifier the class-logits hooks see: the last by default.
+        self.recorded_stage = stages - 1
+
+    @property
+    def recorded_loss(self) -> ClassificationLoss:
+        return self.stages[self.recorded_stage].loss
 
     @property
     def stages(self) -> list[_Stage]:
@@ -173,7 +185,7 @@ class CascadeRoIHeads(LossRoIHeads):
             class_logits, box_regression = stage.box_predictor(stage.box_head(pooled))
             class_logits, box_regression = at_least_float32(class_logits, box_regression)
             loss_labels = to_loss_labels(torch.cat(labels), self.num_classes)
-            if k == len(stages) - 1:
+            if k == self.recorded_stage:
                 for hook in self.class_logits_hooks:
                     hook(class_logits, loss_labels)
             extra = {}
@@ -185,10 +197,15 @@ class CascadeRoIHeads(LossRoIHeads):
             )
             losses["loss_classifier"] = losses["loss_classifier"] + stage.weight * cls
             losses["loss_box_reg"] = losses["loss_box_reg"] + stage.weight * box
-            if k < len(stages) - 1:  # the next stage's proposals: these RoIs, moved
+            if k < len(stages) - 1 or self.interleaved:  # these RoIs, moved
                 moved = self._moved(stage, box_regression.detach(), proposals, image_shapes)
-                proposals = [b[~g] for b, g in zip(moved, is_gt, strict=True)]
-        if self.has_mask():  # on the last stage's positives
+                moved = [b[~g] for b, g in zip(moved, is_gt, strict=True)]
+            if self.interleaved and self.has_mask():
+                mask = self.interleaved_mask_loss(k, features, moved, targets, image_shapes)
+                losses["loss_mask"] = losses.get("loss_mask", 0.0) + stage.weight * mask
+            if k < len(stages) - 1:  # the next stage's proposals
+                proposals = moved
+        if self.has_mask() and not self.interleaved:  # on the last stage's positives
             fg = [torch.where(k > 0)[0] for k in labels]
             fg_boxes = [p[i] for p, i in zip(proposals, fg, strict=True)]
             fg_matched = [m[i] for m, i in zip(matched_idxs, fg, strict=True)]
@@ -200,6 +217,17 @@ class CascadeRoIHeads(LossRoIHeads):
                 fg_matched,
             )
         return [], losses
+
+    def interleaved_mask_loss(
+        self,
+        k: int,
+        features: dict[str, torch.Tensor],
+        moved: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        image_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """Stage ``k``'s mask loss (Hybrid Task Cascade only)."""
+        raise NotImplementedError
 
     @staticmethod
     def _moved(
@@ -246,8 +274,84 @@ class CascadeRoIHeads(LossRoIHeads):
             for b, k, s in zip(boxes, labels, scores, strict=True)
         ]
         if self.has_mask():
-            mask_logits = self.mask_logits(features, boxes, image_shapes, torch.cat(labels) - 1)
-            masks = at_least_float32(mask_logits).sigmoid().unsqueeze(1)
-            for r, m in zip(result, masks.split([len(k) for k in labels]), strict=True):
-                r["masks"] = m
+            self.add_masks(result, features, image_shapes)
         return result, {}
+
+
+class HTCRoIHeads(CascadeRoIHeads):
+    """Hybrid Task Cascade (Chen et al., CVPR 2019) without its semantic branch: a cascade whose
+    mask branch has a stage after each box stage.
+
+    **Interleaved training.** After box stage ``k``'s losses, its sampled RoIs (less the ground
+    truths) are moved by its regression, matched and sampled again at its IoU (512 from them and
+    the ground truths), and mask stage ``k`` is trained on their positives, weighted as the box
+    stage. The moved boxes are also the next box stage's proposals.
+
+    **Mask information flow.** Mask stage ``j`` reads the RoI's pooled features plus a 1x1
+    convolution (and ReLU) of mask stage ``j - 1``'s features: ``f_0 = H_0(x)``,
+    ``f_j = H_j(x + relu(conv_j(f_{j-1})))``, each stage's logits from its own predictor on
+    ``f_j``. In training the earlier mask heads run again for a later stage and receive its
+    gradient, as mmdetection's ``HybridTaskCascadeRoIHead``.
+
+    **Inference.** Boxes and scores as the cascade; each detection's mask is the mean of the
+    stages' mask probabilities on the final boxes.
+
+    **Left out.** HTC's semantic segmentation branch (its fused semantic features in the box and
+    mask RoIs): LVIS has no stuff annotations to train it on.
+
+    ``earlier_masks``: (mask head, predictor) of the mask stages before the last; ``flows``: the
+    1x1 convolutions of stages 1.. (the last one is the base heads' own mask head and predictor).
+    """
+
+    interleaved = True
+
+    def __init__(
+        self,
+        classification_loss: ClassificationLoss,
+        earlier: list[CascadeStage],
+        earlier_masks: list[tuple[nn.Module, nn.Module]],
+        flows: list[nn.Module],
+        **kwargs,
+    ):
+        super().__init__(classification_loss, earlier, **kwargs)
+        if not len(earlier_masks) == len(flows) == len(earlier):
+            raise ValueError("HTC needs a mask stage and a flow for every box stage but the last")
+        self.earlier_mask_heads = nn.ModuleList([h for h, _ in earlier_masks])
+        self.earlier_mask_predictors = nn.ModuleList([p for _, p in earlier_masks])
+        self.mask_flows = nn.ModuleList(flows)
+
+    def mask_stage_features(self, x: torch.Tensor, upto: int) -> list[torch.Tensor]:
+        """``f_0 .. f_upto`` of the information flow (class docstring) from pooled ``x``."""
+        heads = [*self.earlier_mask_heads, self.mask_head]
+        feats: list[torch.Tensor] = []
+        for j in range(upto + 1):
+            inputs = x if j == 0 else x + self.mask_flows[j - 1](feats[-1])
+            feats.append(heads[j](inputs))
+        return feats
+
+    def _stage_mask_logits(
+        self, features: dict[str, torch.Tensor], boxes, image_shapes, classes, upto: int
+    ) -> list[torch.Tensor]:
+        predictors = [*self.earlier_mask_predictors, self.mask_predictor]
+        x = self.mask_roi_pool(features, boxes, image_shapes)
+        feats = self.mask_stage_features(x, upto)
+        return [own_class_mask_logits(predictors[j], f, classes) for j, f in enumerate(feats)]
+
+    def interleaved_mask_loss(self, k, features, moved, targets, image_shapes) -> torch.Tensor:
+        proposals, matched_idxs, labels, _, _ = self.sample_stage(moved, targets, self.stages[k])
+        fg = [torch.where(lab > 0)[0] for lab in labels]
+        fg_boxes = [p[i] for p, i in zip(proposals, fg, strict=True)]
+        fg_matched = [m[i] for m, i in zip(matched_idxs, fg, strict=True)]
+        fg_classes = torch.cat([lab[i] for lab, i in zip(labels, fg, strict=True)]) - 1
+        logits = self._stage_mask_logits(features, fg_boxes, image_shapes, fg_classes, k)[-1]
+        return mask_loss(logits, fg_boxes, [t["masks"] for t in targets], fg_matched)
+
+    def mask_probabilities(self, features, boxes, image_shapes, classes) -> torch.Tensor:
+        """The mean over the mask stages of their probabilities (class docstring)."""
+        last = len(self.earlier_mask_heads)
+
+        def mean_probability(part: list[torch.Tensor], part_classes: torch.Tensor):
+            logits = self._stage_mask_logits(features, part, image_shapes, part_classes, last)
+            return torch.stack([at_least_float32(z).sigmoid() for z in logits]).mean(0)
+
+        return self.in_chunks(mean_probability, boxes, classes)

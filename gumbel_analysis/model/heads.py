@@ -151,6 +151,12 @@ class LossRoIHeads(RoIHeads):
         return self.classification_loss.num_classes
 
     @property
+    def recorded_loss(self) -> ClassificationLoss:
+        """The loss of the classifier the class-logits hooks see (a cascade: its recorded
+        stage's)."""
+        return self.classification_loss
+
+    @property
     def class_logits_hooks(self) -> tuple[ClassLogitsHook, ...]:
         """The registered class-logits hooks, in the order they are called."""
         return tuple(self._class_logits_hooks.values())
@@ -200,12 +206,7 @@ class LossRoIHeads(RoIHeads):
                 for b, k, s in zip(boxes, labels, scores, strict=True)
             ]
             if self.has_mask():
-                # Each detection's mask is its own class's channel, as torchvision's inference.
-                mask_logits = self.mask_logits(features, boxes, image_shapes, torch.cat(labels) - 1)
-                masks = at_least_float32(mask_logits).sigmoid().unsqueeze(1)
-                masks = masks.split([len(k) for k in labels])
-                for r, m in zip(result, masks, strict=True):
-                    r["masks"] = m
+                self.add_masks(result, features, image_shapes)
             return result, {}
 
         # The losses in float32 under autocast too (as the scores of postprocess_detections).
@@ -262,6 +263,30 @@ class LossRoIHeads(RoIHeads):
             self.classification_loss.memory_scores(),
         )
 
+    def add_masks(
+        self,
+        result: list[dict[str, torch.Tensor]],
+        features: dict[str, torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+    ) -> None:
+        """Each detection's mask [1, M, M]: its own class's channel, as torchvision's inference
+        (``mask_probabilities``)."""
+        labels = [r["labels"] for r in result]
+        boxes = [r["boxes"] for r in result]
+        masks = self.mask_probabilities(features, boxes, image_shapes, torch.cat(labels) - 1)
+        for r, m in zip(result, masks.unsqueeze(1).split([len(k) for k in labels]), strict=True):
+            r["masks"] = m
+
+    def mask_probabilities(
+        self,
+        features: dict[str, torch.Tensor],
+        boxes: list[torch.Tensor],
+        image_shapes: list[tuple[int, int]],
+        classes: torch.Tensor,
+    ) -> torch.Tensor:
+        """[K, M, M] mask probabilities at test time: the sigmoid of :meth:`mask_logits`."""
+        return at_least_float32(self.mask_logits(features, boxes, image_shapes, classes)).sigmoid()
+
     def mask_logits(
         self,
         features: dict[str, torch.Tensor],
@@ -276,8 +301,18 @@ class LossRoIHeads(RoIHeads):
             x = self.mask_head(self.mask_roi_pool(features, part, image_shapes))
             return own_class_mask_logits(self.mask_predictor, x, part_classes)
 
+        return self.in_chunks(logits, boxes, classes)
+
+    def in_chunks(
+        self,
+        fn: Callable[[list[torch.Tensor], torch.Tensor], torch.Tensor],
+        boxes: list[torch.Tensor],
+        classes: torch.Tensor,
+    ) -> torch.Tensor:
+        """``fn(boxes, classes)`` for all RoIs at once in training, else in chunks of
+        ``MASK_INFERENCE_CHUNK`` (one image's boxes at a time), concatenated."""
         if self.training or sum(len(b) for b in boxes) <= MASK_INFERENCE_CHUNK:
-            return logits(boxes, classes)
+            return fn(boxes, classes)
         # Inference keeps up to 300 detections per image, whose mask-head activations would take
         # hundreds of MB at once; in chunks they stay in the cache. Each RoI's logits are its own,
         # so chunking changes nothing but the order of the work.
@@ -286,7 +321,7 @@ class LossRoIHeads(RoIHeads):
         for image, image_boxes in enumerate(boxes):
             for part in image_boxes.split(MASK_INFERENCE_CHUNK):
                 only = [*no_boxes[:image], part, *no_boxes[image + 1 :]]
-                chunks.append(logits(only, classes[offset : offset + len(part)]))
+                chunks.append(fn(only, classes[offset : offset + len(part)]))
                 offset += len(part)
         return torch.cat(chunks)
 

@@ -144,6 +144,12 @@ class TrainConfig:
     )
     grad_log: bool = _field("bool", True, "Record per-class gradients to HDF5.")
     grad_every: int = _field("int", 50, "Iterations per gradient-log row.", low=1)
+    grad_stage: int | None = _field(
+        "int",
+        help="Cascade presets: the box stage (1-3) whose classifier the gradient log records. "
+        "Default: the last.",
+        low=1,
+    )
     evaluate: bool = _field("bool", True, "Evaluate at the end.", flag="--eval")
     # Prediction: detections scoring above score_threshold, at most max_dets per image (the
     # evaluator keeps as many). None: the preset's.
@@ -183,6 +189,12 @@ class TrainConfig:
         for name, option in FIELD_OPTIONS.items():
             object.__setattr__(self, name, option.check(getattr(self, name)))
         _check_schedule(self)
+        _check_grad_stage(self)
+        if PRESETS[self.preset].cascade_stages and (
+            loss_entry(self.loss).second_stage or self.loss_options.get("loce_mfs")
+        ):
+            what = "--loce-mfs" if self.loss_options.get("loce_mfs") else f"--loss {self.loss}"
+            raise InputError(f"{what} needs Mask R-CNN's heads, not --preset {self.preset}")
         check_calibration(self.calibration, self.norcal_gamma)
         entry = loss_entry(self.loss)
         if entry.second_stage and not self.from_run:
@@ -289,6 +301,18 @@ def check_calibration(calibration: str | None, norcal_gamma: float | None) -> No
         )
     if norcal_gamma is not None and calibration != "norcal":
         raise InputError("--norcal-gamma applies to --calibration norcal only")
+
+
+def _check_grad_stage(cfg: TrainConfig) -> None:
+    if cfg.grad_stage is None:
+        return
+    stages = PRESETS[cfg.preset].cascade_stages
+    if cfg.grad_stage > max(stages, 1):
+        has = f"{stages} box stages" if stages else "one box head"
+        raise InputError(
+            f"--grad-stage {cfg.grad_stage}: --preset {cfg.preset} has {has}; use 1"
+            + (f" to {stages}" if stages > 1 else "")
+        )
 
 
 def _check_schedule(cfg: TrainConfig) -> None:

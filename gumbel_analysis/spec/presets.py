@@ -73,6 +73,9 @@ class Preset:
     #: Box stages of a Cascade Mask R-CNN (``model/cascade.py``; IoU 0.5, 0.6, 0.7), 0 for Mask
     #: R-CNN's single head.
     cascade_stages: int = 0
+    #: Hybrid Task Cascade: the cascade with a mask stage after each box stage and the mask
+    #: information flow (``model/cascade.py``, ``HTCRoIHeads``).
+    htc: bool = False
     #: Training and test defaults (the paper's r50/r101 recipe unless the preset says otherwise:
     #: batch 16 over 8 GPUs, 500 warm-up iterations).
     recipe: Recipe = field(default_factory=Recipe)
@@ -88,6 +91,8 @@ class Preset:
             raise ValueError("trainable_backbone_layers must lie in 0..5")
         if not 0 <= self.cascade_stages <= 3:
             raise ValueError("cascade_stages must lie in 0..3")
+        if self.htc and not self.cascade_stages:
+            raise ValueError("htc needs cascade_stages")
 
     @property
     def featmap_names(self) -> list[str]:
@@ -127,10 +132,14 @@ PRESETS: dict[str, Preset] = {
     # Table 3's ResNeXt-101 32x8d: the same recipe, torchvision's resnext101_32x8d.
     "x101-fpn": Preset(name="x101-fpn", backbone="resnext101_32x8d"),
 }
-# Table 3's Cascade Mask R-CNN: three box stages on each backbone (tiny: on the CPU).
+# Table 3's Cascade Mask R-CNN and Hybrid Task Cascade: three stages on each backbone (tiny: on
+# the CPU).
 PRESETS.update(
     {
-        f"cascade-{name}": replace(PRESETS[name], name=f"cascade-{name}", cascade_stages=3)
+        f"{kind}-{name}": replace(
+            PRESETS[name], name=f"{kind}-{name}", cascade_stages=3, htc=kind == "htc"
+        )
+        for kind in ("cascade", "htc")
         for name in ("tiny", "r50-fpn", "r101-fpn")
     }
 )
