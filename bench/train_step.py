@@ -2,7 +2,8 @@
 
 Same batches (4 synthetic 128 px images), same initial weights, the losses taking turns
 iteration by iteration: ``python bench/train_step.py [--rounds 20] [--json]``;
-``--losses softmax,loce,loce+mfs`` times LOCE's feature memory (MFS) against the loss alone.
+``--losses softmax,loce,loce+mfs`` times LOCE's feature memory (MFS) against the loss alone;
+``--compare-presets cascade-tiny,htc-tiny`` times other presets on the same batches.
 On a GPU, ``--device cuda --preset r50-fpn --amp`` also gives images per second with mixed
 precision.
 
@@ -47,6 +48,12 @@ def main() -> None:
     parser.add_argument(
         "--losses", default=",".join(LOSSES), help="comma-separated; softmax is the base"
     )
+    parser.add_argument(
+        "--compare-presets",
+        default="",
+        help="comma-separated presets timed on the same batches, each loss as LOSS@PRESET "
+        "(e.g. cascade-tiny,htc-tiny against --preset tiny)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     device = torch.device(args.device)
@@ -56,6 +63,9 @@ def main() -> None:
     dataset, batches = synthetic_batches(8, args.batch_size, device)
     cases = {}
     models = {name: model_for(name, dataset, args.preset, device)[::2] for name in names}
+    for preset in [p for p in args.compare_presets.split(",") if p]:
+        for name in names:
+            models[f"{name}@{preset}"] = model_for(name, dataset, preset, device)[::2]
     if args.preset == "r50-fpn":
         classes = models["softmax"][0].roi_heads.box_predictor.cls_score.out_features
         models[REFERENCE] = torchvision_reference(classes, device)
