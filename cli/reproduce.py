@@ -111,8 +111,8 @@ def reproduce(
     runs are skipped, killed ones resumed. Time on 2 CPU cores (tiny preset, float32, --jobs 2:
     two runs at once, one thread each; bench/reproduce_cost.py, 2026-12-03): a 1x run about 8-10
     min (RFS about 17 min: its epochs repeat images), a 2x run twice as long; Table 3 with
-    --seeds 3 about 46 min; every item ({every_item}) about 4.5 hours per seed, 13-14 hours
-    with --seeds 3 (Table 4's NorCal row adds 8 evaluations per seed to the report, cached).
+    --seeds 3 about 46 min; every item ({every_item}) about 5 hours per seed, 15 hours with
+    --seeds 3 (Table 4's NorCal row adds 8 evaluations per seed to the report, cached).
     With one job at a time, about 1.3 times as long. The default is Table 3 and Figures 1-3
     ({default_runs} runs).
     """

@@ -39,6 +39,7 @@ from gumbel_analysis.paper import (
     PAPER_TABLE1,
     PAPER_TABLE2,
     PAPER_TABLE3,
+    PAPER_TABLE3_FRAMEWORKS,
     PAPER_TABLE4,
 )
 
@@ -78,6 +79,8 @@ class Config:
     # A second stage (DisAlign): the configuration whose run, at the same schedule and seed, it
     # trains from (``--from``) on its own schedule; that run is carried out first.
     first_stage: str | None = None
+    # The model preset (None: the benchmark's, tiny): Table 3's frameworks.
+    preset: str | None = None
 
     def values(self, epochs: int | None, schedule: str) -> dict[str, Any]:
         """TrainConfig fields (``epochs`` None: the preset's 1x, or ``schedule`` 2x; a second
@@ -87,6 +90,8 @@ class Config:
             epochs, schedule = None, "1x"
         if self.activation is not None:
             values["activation"] = self.activation
+        if self.preset is not None:
+            values["preset"] = self.preset
         options = dict(self.options)
         if self.temperature is not None:
             options["temperature"] = self.temperature
@@ -262,8 +267,38 @@ register(
             for other in (SIGMOID, SOFTMAX)
             for m in ("AP", "APr", "APb")  # the paper's Table 3 reports box AP too
         ),
-        note="The paper's frameworks beyond Mask R-CNN (ResNet-101/ResNeXt, Cascade, HTC) are not "
-        "run; the tiny preset stands for Mask R-CNN ResNet-50.",
+        note="The tiny preset stands for Mask R-CNN ResNet-50; the Cascade and HTC rows are the "
+        "table3-frameworks item, and the ResNet-101 and ResNeXt-101 rows (presets r101-fpn, "
+        "x101-fpn) are not run on the benchmark.",
+    )
+)
+# Table 3's other frameworks, on the tiny backbone (the paper's are ResNet-101).
+FRAMEWORKS = tuple(
+    _c(f"{kind}-{loss}", f"{label} / {loss.capitalize()}", loss, preset=f"{kind}-tiny")
+    for kind, label in (("cascade", "Cascade Mask R-CNN"), ("htc", "HTC"))
+    for loss in ("softmax", "gumbel")
+)
+register(
+    Item(
+        "table3-frameworks",
+        "Table 3: the activations in Cascade Mask R-CNN and Hybrid Task Cascade (schedule 1x)",
+        "1x",
+        FRAMEWORKS,
+        paper=PAPER_TABLE3_FRAMEWORKS,
+        claims=tuple(
+            _pair(
+                m,
+                FRAMEWORKS[i + 1],
+                FRAMEWORKS[i],
+                _paper_delta(
+                    PAPER_TABLE3_FRAMEWORKS, FRAMEWORKS[i + 1].name, FRAMEWORKS[i].name, m
+                ),
+            )
+            for i in (0, 2)
+            for m in ("AP", "APr")
+        ),
+        note="The frameworks on the tiny backbone (cascade-tiny, htc-tiny: 1.5 and 2.0 times a "
+        "Mask R-CNN step); the paper's are ResNet-101. HTC without its semantic branch.",
     )
 )
 register(
