@@ -299,3 +299,16 @@ def test_htc_trains_each_mask_stage_on_the_rois_its_box_stage_moved(monkeypatch)
     for predictor in [*heads.earlier_mask_predictors, heads.mask_predictor]:
         assert predictor.mask_fcn_logits.weight.grad.abs().sum() > 0
     assert heads.mask_flows[0][0].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("preset", ["cascade-r50-fpn", "htc-r101-fpn"])
+def test_the_full_size_frameworks_take_a_training_step(preset):
+    model = build_model(preset, C, make_loss("gumbel")).train()
+    assert model.transform.min_size == (800,) and len(model.roi_heads.stages) == 3
+    model.transform.min_size, model.transform.max_size = (128,), 128  # a second on the CPU
+    images, targets = make_batch()
+    losses = model(images, targets)
+    sum(losses.values()).backward()
+    for stage in model.roi_heads.stages:
+        assert stage.box_predictor.cls_score.weight.grad.abs().sum() > 0

@@ -116,7 +116,8 @@ def test_eval_of_a_missing_run_is_one_line(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_gloo_ddp(data_dir, tmp_path):
+@pytest.mark.parametrize(("preset", "port"), [("tiny", 29517), ("htc-tiny", 29518)])
+def test_two_process_gloo_ddp(data_dir, tmp_path, preset, port):
     out = tmp_path / "ddp"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     proc = subprocess.run(
@@ -127,10 +128,12 @@ def test_two_process_gloo_ddp(data_dir, tmp_path):
             "--nproc-per-node",
             "2",
             "--master-port",
-            "29517",
+            str(port),
             "-m",
             "gumbel_analysis",
             "train",
+            "--preset",
+            preset,
             "--data",
             str(data_dir),
             "--out",
