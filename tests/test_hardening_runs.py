@@ -324,3 +324,21 @@ def test_a_divergence_names_the_epoch_as_metrics_jsonl_does(data_dir, tmp_path):
         )
     logged = json.loads(RunLayout(out).metrics_log.read_text().splitlines()[-1])["epoch"]
     assert f"(epoch {logged}, counted from 0 as in metrics.jsonl)" in str(caught.value)
+
+
+def test_a_float32_run_is_not_resumed_with_amp_and_a_left_default_is_not_compared(tmp_path):
+    """``--amp`` given to a rerun of a float32 folder would have continued it in bfloat16."""
+    from gumbel_analysis.errors import InputError
+    from gumbel_analysis.experiments.plan import RESUME, plan_run
+    from gumbel_analysis.spec.config import TrainConfig, resolve
+
+    run = tmp_path / "run"
+    values = {"loss": "gumbel", "device": "cpu", "workers": 0, "epochs": 1}
+    recorded = resolve(TrainConfig.from_dict({**values, "seed": 0, "out": str(run), "amp": False}))
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(recorded.to_dict()))
+    (run / "last.pt").write_bytes(b"a checkpoint")  # planning reads only that it is there
+    assert plan_run(run, values).action == RESUME  # --amp not given: the machine's choice
+    assert plan_run(run, {**values, "amp": False}).action == RESUME
+    with pytest.raises(InputError, match="amp = False, not True"):
+        plan_run(run, {**values, "amp": True})

@@ -41,9 +41,11 @@ from gumbel_analysis.spec.layout import PRE_CHECKPOINT_FILES, RunLayout
 
 #: What is done with each run folder.
 TRAIN, RESUME, RESTART, EVALUATE, SKIP = "train", "resume", "restart", "evaluate", "skip"
-#: Derived from other fields or from the machine (world size, mixed precision on CUDA), or,
-#: for a second stage, the record of its first (``--from`` is compared).
-_DERIVED_FIELDS = frozenset({"lr", "world_size", "amp", "first_stage"})
+#: Derived from other fields or from the machine (world size), or, for a second stage, the
+#: record of its first (``--from`` is compared). Mixed precision is compared when it is asked
+#: for (``--amp`` / ``--no-amp``): a float32 run is not resumed in bfloat16, nor the reverse;
+#: left to the machine (on for CUDA), it is not.
+_DERIVED_FIELDS = frozenset({"lr", "world_size", "first_stage"})
 #: Fields that None derives from the data (the run's config.json holds the derived value).
 _DATA_DERIVED_FIELDS = frozenset({"rfs_threshold"})
 
@@ -126,7 +128,10 @@ def plan_run(
     resolved = resolve(TrainConfig.from_dict(values))
     if check is not None:
         check(resolved)
-    action, state = _action(path, resolved.to_dict())
+    wanted = resolved.to_dict()
+    if values.get("amp") is None:  # mixed precision left to the machine: not compared
+        wanted.pop("amp", None)
+    action, state = _action(path, wanted)
     return PlannedRun(
         path, values, action, state, seed=seed, temperature=temperature, after=tuple(after)
     )
