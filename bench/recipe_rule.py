@@ -5,8 +5,12 @@
 Each folder is a ``gumbel reproduce --only table3 --seeds 3`` OUT (its ``runs/CONFIG-1x-sS``),
 trained with the current recipe and with the candidate on the same seeds.
 
-* **spread**: the per-seed sd of the paired Gumbel - Sigmoid and Gumbel - Softmax differences,
-  on AP and APr, under the candidate is at most 1.25 times that under the current recipe;
+* **spread** (revised 2026-12-04, docs/reproduce.md): the paired Gumbel - Sigmoid and Gumbel -
+  Softmax differences on AP and APr are four cells; each cell's variance over the seeds is
+  pooled per recipe (df = 4 (n - 1) each), and the one-sided F test of candidate / current
+  must not reject at 5% (the spread has not grown beyond its noise). The per-cell sd ratios are
+  shown, not judged: on 2 df each, a harmless change failed the old "every ratio <= 1.25" most
+  of the time;
 * **no move**: no configuration's AP, APr or APb moves between the recipes: the paired Student t
   test over the shared seeds (candidate - current, df = n - 1) rejects nowhere at 5% after Holm
   over the nine.
@@ -24,6 +28,7 @@ from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
+from scipy import stats as scipy_stats
 
 from gumbel_analysis.experiments.stats import ALPHA, holm, paired
 
@@ -31,7 +36,6 @@ CONFIGS = ("sigmoid", "softmax", "gumbel")
 METRICS = ("AP", "APr", "APb")
 SPREAD_METRICS = ("AP", "APr")
 PAIRS = (("gumbel", "sigmoid"), ("gumbel", "softmax"))
-MAX_SPREAD_RATIO = 1.25
 
 
 def read_table3(out: Path) -> dict[str, dict[int, dict[str, float]]]:
@@ -66,15 +70,8 @@ def judge(current: dict, candidate: dict) -> dict:
                 for name, side in (("current", current), ("candidate", candidate))
             }
             ratio = sd["candidate"] / sd["current"] if sd["current"] > 0 else float("inf")
-            spread.append(
-                {
-                    "pair": f"{a} - {b}",
-                    "metric": m,
-                    **sd,
-                    "ratio": ratio,
-                    "holds": ratio <= MAX_SPREAD_RATIO,
-                }
-            )
+            spread.append({"pair": f"{a} - {b}", "metric": m, **sd, "ratio": ratio})
+    pooled = spread_test(spread, len(seeds))
     moves = []
     for c in CONFIGS:
         for m in METRICS:
@@ -96,10 +93,25 @@ def judge(current: dict, candidate: dict) -> dict:
     return {
         "seeds": seeds,
         "spread": spread,
+        "spread_test": pooled,
         "moves": moves,
-        "spread_holds": all(r["holds"] for r in spread),
+        "spread_holds": pooled["p"] >= ALPHA,
         "no_move_holds": not any(r["moved"] for r in moves),
     }
+
+
+def spread_test(cells: list[dict], seeds: int) -> dict:
+    """The pooled one-sided F test of the spread: the mean over the cells of each recipe's
+    per-cell variance (each on ``seeds - 1`` df), candidate over current, against
+    F(k (n - 1), k (n - 1)); p is the chance of a ratio this large or larger if the spread did
+    not change. Cells sharing runs are not independent, so the test refuses somewhat more often
+    than 5% for a harmless change: it errs toward keeping the current recipe."""
+    df = len(cells) * (seeds - 1)
+    current = statistics.fmean(c["current"] ** 2 for c in cells)
+    candidate = statistics.fmean(c["candidate"] ** 2 for c in cells)
+    ratio = candidate / current if current > 0 else float("inf")
+    p = float(scipy_stats.f.sf(ratio, df, df)) if current > 0 else 0.0
+    return {"variance_ratio": ratio, "sd_ratio": ratio**0.5, "df": df, "p": p}
 
 
 def _table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> Table:
@@ -130,7 +142,7 @@ def main() -> None:
     console.print(
         _table(
             f"spread: sd over seeds {verdict['seeds']} of the paired difference",
-            ("pair", "metric", "current", "candidate", "ratio", f"≤ {MAX_SPREAD_RATIO}"),
+            ("pair", "metric", "current", "candidate", "ratio"),
             [
                 (
                     r["pair"],
@@ -138,11 +150,15 @@ def main() -> None:
                     f"{r['current']:.2f}",
                     f"{r['candidate']:.2f}",
                     f"{r['ratio']:.2f}",
-                    "yes" if r["holds"] else "no",
                 )
                 for r in verdict["spread"]
             ],
         )
+    )
+    test = verdict["spread_test"]
+    console.print(
+        f"pooled spread: sd ratio {test['sd_ratio']:.2f}, F({test['df']}, {test['df']}) = "
+        f"{test['variance_ratio']:.2f}, one-sided p = {test['p']:.3f}"
     )
     console.print(
         _table(
