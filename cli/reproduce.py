@@ -47,20 +47,33 @@ def only_help() -> str:
     )
 
 
+#: How a second stage (DisAlign: its own 2 epochs) is counted beside the schedules.
+SECOND_STAGES = "second stages"
+
+
 def runs_per_schedule(items: tuple[str, ...] | list[str]) -> dict[str, int]:
-    """How many runs per seed the items train at each schedule (a shared configuration once)."""
+    """How many runs per seed the items train at each schedule (a shared configuration once),
+    second stages apart."""
     runs: dict[str, set[str]] = {}
     for key in items:
         item = material.ITEMS[key]
-        runs.setdefault(item.schedule, set()).update(c.name for c in item.configs)
-    return {schedule: len(names) for schedule, names in sorted(runs.items())}
+        for c in item.configs:
+            group = SECOND_STAGES if c.first_stage is not None else item.schedule
+            runs.setdefault(group, set()).add(c.name)
+    schedules = sorted(k for k in runs if k != SECOND_STAGES)
+    order = [*schedules, *([SECOND_STAGES] if SECOND_STAGES in runs else [])]
+    return {group: len(runs[group]) for group in order}
 
 
 def every_item_help() -> str:
-    """``--only table1,...,fig3: 15 runs at 1x, 15 at 2x`` from the registry."""
-    counts = runs_per_schedule(material.all_items()).items()
-    words = ", ".join(f"{n}{' runs' * (i == 0)} at {s}" for i, (s, n) in enumerate(counts))
-    return f"--only {','.join(material.all_items())}: {words}"
+    """``--only table1,...,fig3: 15 runs at 1x, 15 at 2x, 1 second stage`` from the registry."""
+    words = []
+    for i, (group, n) in enumerate(runs_per_schedule(material.all_items()).items()):
+        if group == SECOND_STAGES:
+            words.append(f"{n} second stage{'s' * (n != 1)} of 2 epochs")
+        else:
+            words.append(f"{n}{' runs' * (i == 0)} at {group}")
+    return f"--only {','.join(material.all_items())}: {', '.join(words)}"
 
 
 @reports_input_errors
