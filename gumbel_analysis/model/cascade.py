@@ -47,6 +47,7 @@ from gumbel_analysis.model.heads import (
     LossRoIHeads,
     at_least_float32,
     box_regression_loss,
+    foreground,
     mask_loss,
     matched_instances,
     to_loss_labels,
@@ -206,15 +207,8 @@ class CascadeRoIHeads(LossRoIHeads):
             if k < len(stages) - 1:  # the next stage's proposals
                 proposals = moved
         if self.has_mask() and not self.interleaved:  # on the last stage's positives
-            fg = [torch.where(k > 0)[0] for k in labels]
-            fg_boxes = [p[i] for p, i in zip(proposals, fg, strict=True)]
-            fg_matched = [m[i] for m, i in zip(matched_idxs, fg, strict=True)]
-            fg_classes = torch.cat([k[i] for k, i in zip(labels, fg, strict=True)]) - 1
-            losses["loss_mask"] = mask_loss(
-                self.mask_logits(features, fg_boxes, image_shapes, fg_classes),
-                fg_boxes,
-                [t["masks"] for t in targets],
-                fg_matched,
+            losses["loss_mask"] = self.mask_training_loss(
+                features, proposals, matched_idxs, labels, targets, image_shapes
             )
         return [], losses
 
@@ -339,12 +333,9 @@ class HTCRoIHeads(CascadeRoIHeads):
 
     def interleaved_mask_loss(self, k, features, moved, targets, image_shapes) -> torch.Tensor:
         proposals, matched_idxs, labels, _, _ = self.sample_stage(moved, targets, self.stages[k])
-        fg = [torch.where(lab > 0)[0] for lab in labels]
-        fg_boxes = [p[i] for p, i in zip(proposals, fg, strict=True)]
-        fg_matched = [m[i] for m, i in zip(matched_idxs, fg, strict=True)]
-        fg_classes = torch.cat([lab[i] for lab, i in zip(labels, fg, strict=True)]) - 1
-        logits = self._stage_mask_logits(features, fg_boxes, image_shapes, fg_classes, k)[-1]
-        return mask_loss(logits, fg_boxes, [t["masks"] for t in targets], fg_matched)
+        boxes, matched, classes = foreground(proposals, matched_idxs, labels)
+        logits = self._stage_mask_logits(features, boxes, image_shapes, classes, k)[-1]
+        return mask_loss(logits, boxes, [t["masks"] for t in targets], matched)
 
     def mask_probabilities(self, features, boxes, image_shapes, classes) -> torch.Tensor:
         """The mean over the mask stages of their probabilities (class docstring)."""

@@ -77,6 +77,18 @@ def matched_instances(
     return torch.cat(ids)
 
 
+def foreground(
+    proposals: list[torch.Tensor], matched_idxs: list[torch.Tensor], labels: list[torch.Tensor]
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """The foreground RoIs of each image (torchvision label > 0): their boxes and matched
+    instances per image, and their classes (0..C-1) concatenated."""
+    fg = [torch.where(k > 0)[0] for k in labels]
+    boxes = [p[i] for p, i in zip(proposals, fg, strict=True)]
+    matched = [m[i] for m, i in zip(matched_idxs, fg, strict=True)]
+    classes = torch.cat([k[i] for k, i in zip(labels, fg, strict=True)]) - 1
+    return boxes, matched, classes
+
+
 def at_least_float32(*tensors: torch.Tensor) -> Any:
     """The tensors in float32 where autocast made them half precision (float64 stays)."""
     cast = [t.to(torch.promote_types(t.dtype, torch.float32)) for t in tensors]
@@ -223,18 +235,25 @@ class LossRoIHeads(RoIHeads):
             "loss_box_reg": box_regression_loss(box_regression, loss_labels, regression),
         }
         if self.has_mask():
-            # Masks are trained on the foreground RoIs only, against their matched instance.
-            fg = [torch.where(k > 0)[0] for k in labels]
-            fg_boxes = [p[i] for p, i in zip(proposals, fg, strict=True)]
-            fg_matched = [m[i] for m, i in zip(matched_idxs, fg, strict=True)]
-            fg_classes = torch.cat([k[i] for k, i in zip(labels, fg, strict=True)]) - 1
-            losses["loss_mask"] = mask_loss(
-                self.mask_logits(features, fg_boxes, image_shapes, fg_classes),
-                fg_boxes,
-                [t["masks"] for t in targets],
-                fg_matched,
+            losses["loss_mask"] = self.mask_training_loss(
+                features, proposals, matched_idxs, labels, targets, image_shapes
             )
         return [], losses
+
+    def mask_training_loss(
+        self,
+        features: dict[str, torch.Tensor],
+        proposals: list[torch.Tensor],
+        matched_idxs: list[torch.Tensor],
+        labels: list[torch.Tensor],
+        targets: list[dict[str, torch.Tensor]],
+        image_shapes: list[tuple[int, int]],
+    ) -> torch.Tensor:
+        """The mask loss of the sampled RoIs: on the foreground ones only, against their
+        matched instance."""
+        boxes, matched, classes = foreground(proposals, matched_idxs, labels)
+        logits = self.mask_logits(features, boxes, image_shapes, classes)
+        return mask_loss(logits, boxes, [t["masks"] for t in targets], matched)
 
     def replay(
         self,
