@@ -39,7 +39,10 @@ queue of ground-truth features per class and replay some each step, classes draw
 their mean score (``model/feature_memory.py``). Replayed rows come with ``instances`` equal to
 ``MEMORY_INSTANCE``; those of one class count as one more instance of it, scored by their mean
 (the authors add each distinct drawn class once). Off by default: the random-sampler row is the
-equilibrium loss alone; the authors' LOCE uses both.
+equilibrium loss alone; the authors' LOCE uses both. Measured on the embedded data (2 epochs,
+tiny preset): with the Gumbel BCE form and MFS, lr 0.005 diverged after 254 iterations (the
+classifier's gradient grew 1e13-fold in 40 steps) and lr 0.0025 trained; Softmax and Sigmoid
+trained at 0.005.
 """
 
 from __future__ import annotations
