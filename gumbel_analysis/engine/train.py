@@ -61,7 +61,6 @@ from gumbel_analysis.model.calibration import calibration_tag
 from gumbel_analysis.spec.config import DataStats, TrainConfig, resolve
 from gumbel_analysis.spec.layout import RunLayout
 from gumbel_analysis.spec.losses import loss_entry
-from gumbel_analysis.spec.presets import PRESETS
 
 __all__ = ["Trainer", "build_grad_log_writer", "train"]
 
@@ -255,13 +254,15 @@ def build_gradient_recorder(
     """The recorder on the box classifier's logits (``docs/grad-log.md``), registered on the
     model's RoI heads; rank 0's opens the log when training starts."""
     heads = model.roi_heads
-    if cfg.grad_stage is not None and hasattr(heads, "recorded_stage"):
-        heads.recorded_stage = cfg.grad_stage - 1  # a cascade's stage (checked by the config)
+    if cfg.grad_stage is not None:  # checked by the config against the preset's stages
+        heads.recorded_stage = cfg.grad_stage - 1
     recorder = GradientRecorderHook(
         loss.num_classes,
         every=cfg.grad_every,
         open_writer=(
-            functools.partial(build_grad_log_writer, run, cfg, loss, train_set)
+            functools.partial(
+                build_grad_log_writer, run, cfg, loss, train_set, stage=heads.recorded_stage + 1
+            )
             if dist.is_main
             else None
         ),
@@ -274,20 +275,16 @@ def build_gradient_recorder(
     return recorder
 
 
-def _recorded_stage(cfg: TrainConfig) -> int:
-    """The box stage (1-based) the gradient log records: 1 for Mask R-CNN's one head."""
-    stages = max(PRESETS[cfg.preset].cascade_stages, 1)
-    return cfg.grad_stage if cfg.grad_stage is not None else stages
-
-
 def build_grad_log_writer(
     run: RunLayout,
     cfg: TrainConfig,
     loss: ClassificationLoss,
     train_set: LVISDetection,
     resume_after: int | None,
+    stage: int = 1,
 ) -> GradientLogWriter:
-    """The run's gradient log, ``grads.h5``, open for writing (``resume_after``: keep the rows
+    """The run's gradient log, ``grads.h5``, open for writing (``stage``: the box stage it
+    records, 1-based; ``resume_after``: keep the rows
     up to that iteration of an existing log; None: a new log)."""
     categories = [{k: c[k] for k in CATEGORY_FIELDS} for c in train_set.categories]
     attributes = log_attributes(
@@ -298,7 +295,7 @@ def build_grad_log_writer(
         gumbel_mode=str(getattr(loss, "mode", "") or ""),
         dataset=cfg.data or f"synthetic:{SyntheticSpec().key()}",
         grad_every=cfg.grad_every,
-        stage=_recorded_stage(cfg),
+        stage=stage,
         config=cfg.to_dict(),
     )
     return GradientLogWriter(run.grads, attributes, categories, resume_after)

@@ -83,12 +83,12 @@ class _Stage:
 
 
 class CascadeRoIHeads(LossRoIHeads):
-    #: Hybrid Task Cascade trains a mask stage after each box stage (:class:`HTCRoIHeads`).
-    interleaved = False
-
     """``LossRoIHeads`` with ``len(earlier) + 1`` box stages (module docstring). ``earlier``:
     the stages before the last; the base heads' box head, predictor and loss are the last.
     ``ious``, ``box_weights`` and ``loss_weights`` have one entry per stage."""
+
+    #: Hybrid Task Cascade trains a mask stage after each box stage (:class:`HTCRoIHeads`).
+    interleaved = False
 
     def __init__(
         self,
@@ -111,7 +111,6 @@ class CascadeRoIHeads(LossRoIHeads):
         self.matchers = [det_utils.Matcher(i, i, allow_low_quality_matches=False) for i in ious]
         self.coders = [det_utils.BoxCoder(w) for w in box_weights]
         self.loss_weights = tuple(float(w) for w in loss_weights)
-        #: The stage (0-based) whose classifier the class-logits hooks see: the last by default.
         self.recorded_stage = stages - 1
 
     @property
@@ -202,7 +201,7 @@ class CascadeRoIHeads(LossRoIHeads):
                 moved = self._moved(stage, box_regression.detach(), proposals, image_shapes)
                 moved = [b[~g] for b, g in zip(moved, is_gt, strict=True)]
             if self.interleaved and self.has_mask():
-                mask = self.interleaved_mask_loss(k, features, moved, targets, image_shapes)
+                mask = self.interleaved_mask_loss(k, stage, features, moved, targets, image_shapes)
                 losses["loss_mask"] = losses.get("loss_mask", 0.0) + stage.weight * mask
             if k < len(stages) - 1:  # the next stage's proposals
                 proposals = moved
@@ -215,12 +214,13 @@ class CascadeRoIHeads(LossRoIHeads):
     def interleaved_mask_loss(
         self,
         k: int,
+        stage: _Stage,
         features: dict[str, torch.Tensor],
         moved: list[torch.Tensor],
         targets: list[dict[str, torch.Tensor]],
         image_shapes: list[tuple[int, int]],
     ) -> torch.Tensor:
-        """Stage ``k``'s mask loss (Hybrid Task Cascade only)."""
+        """Stage ``k``'s (``stage``) mask loss (Hybrid Task Cascade only)."""
         raise NotImplementedError
 
     @staticmethod
@@ -331,8 +331,10 @@ class HTCRoIHeads(CascadeRoIHeads):
         feats = self.mask_stage_features(x, upto)
         return [own_class_mask_logits(predictors[j], f, classes) for j, f in enumerate(feats)]
 
-    def interleaved_mask_loss(self, k, features, moved, targets, image_shapes) -> torch.Tensor:
-        proposals, matched_idxs, labels, _, _ = self.sample_stage(moved, targets, self.stages[k])
+    def interleaved_mask_loss(
+        self, k, stage, features, moved, targets, image_shapes
+    ) -> torch.Tensor:
+        proposals, matched_idxs, labels, _, _ = self.sample_stage(moved, targets, stage)
         boxes, matched, classes = foreground(proposals, matched_idxs, labels)
         logits = self._stage_mask_logits(features, boxes, image_shapes, classes, k)[-1]
         return mask_loss(logits, boxes, [t["masks"] for t in targets], matched)

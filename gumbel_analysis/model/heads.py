@@ -157,6 +157,9 @@ class LossRoIHeads(RoIHeads):
         #: ground-truth features appended to the sampled RoIs in training; None: none.
         self.feature_memory: FeatureMemory | None = None
         self._class_logits_hooks: OrderedDict[int, ClassLogitsHook] = OrderedDict()
+        #: The box stage (0-based) whose classifier the class-logits hooks see: Mask R-CNN has
+        #: one; a cascade's last by default (``--grad-stage``).
+        self.recorded_stage = 0
 
     @property
     def num_classes(self) -> int:

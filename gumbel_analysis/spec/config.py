@@ -190,13 +190,13 @@ class TrainConfig:
             object.__setattr__(self, name, option.check(getattr(self, name)))
         _check_schedule(self)
         _check_grad_stage(self)
+        check_calibration(self.calibration, self.norcal_gamma)
+        entry = loss_entry(self.loss)
         if PRESETS[self.preset].cascade_stages and (
-            loss_entry(self.loss).second_stage or self.loss_options.get("loce_mfs")
+            entry.second_stage or self.loss_options.get("loce_mfs")
         ):
             what = "--loce-mfs" if self.loss_options.get("loce_mfs") else f"--loss {self.loss}"
             raise InputError(f"{what} needs Mask R-CNN's heads, not --preset {self.preset}")
-        check_calibration(self.calibration, self.norcal_gamma)
-        entry = loss_entry(self.loss)
         if entry.second_stage and not self.from_run:
             raise InputError(f"--loss {self.loss} needs --from RUN, the first stage's run folder")
         if self.from_run and not entry.second_stage:
