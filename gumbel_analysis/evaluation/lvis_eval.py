@@ -32,7 +32,7 @@ The rules are lvis-api's, to the bit (tests compare every metric with ``LVISEval
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import msgspec
@@ -258,6 +258,21 @@ def evaluate(
     must be in ``gt`` (see :func:`check_ids`); for ``segm`` every detection needs a mask, for
     ``bbox`` a box or a mask (its box is then the mask's).
     """
+    precision, recall = precision_recall(gt, dets, iou_type, max_dets=max_dets, progress=progress)
+    return _summarize(precision, recall, gt.frequency, max_dets)
+
+
+def precision_recall(
+    gt: GroundTruth,
+    dets: Detections,
+    iou_type: str,
+    *,
+    max_dets: int = 300,
+    progress: Callable[[int], None] | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """``LVISEval.eval``'s arrays behind :func:`evaluate`: precision [T, R, K, A] (IoU
+    thresholds, recall levels, categories in id order, area ranges) and recall [T, K, A], -1 where
+    a category has no ground truth. ``ap_at_iou`` reads the AP at each IoU threshold from them."""
     if iou_type not in IOU_TYPES:
         raise InputError(f"IoU type must be segm or bbox, got {iou_type!r}")
     for cid, freq in zip(gt.cat_ids.tolist(), gt.frequency, strict=True):
@@ -287,7 +302,20 @@ def evaluate(
         recall[:, k, :] = r
         if progress is not None and (n_done % 32 == 0 or n_done == len(with_gt)):
             progress(32 if n_done % 32 == 0 else n_done % 32)
-    return _summarize(precision, recall, gt.frequency, max_dets)
+    return precision, recall
+
+
+def ap_at_iou(precision: np.ndarray, categories: Sequence[int] | None = None) -> np.ndarray:
+    """AP at each of the IoU thresholds 0.50:0.05:0.95 (all areas), the mean over the defined
+    entries of ``precision`` (from :func:`precision_recall`) as ``AP50``/``AP75`` are, over
+    ``categories`` (indices) or all; -1 where nothing is defined."""
+    part = precision[:, :, :, 0] if categories is None else precision[:, :, list(categories), 0]
+    out = np.full(part.shape[0], -1.0)
+    for t in range(part.shape[0]):
+        defined = part[t][part[t] > -1]
+        if defined.size:
+            out[t] = float(defined.mean())
+    return out
 
 
 def check_ids(gt: GroundTruth, dets: Detections, source: str = "results") -> None:
