@@ -33,7 +33,7 @@ from gumbel_analysis.model.cascade import (
 )
 from gumbel_analysis.model.disalign import DisAlignBoxPredictor, freeze_all_but_the_alignment
 from gumbel_analysis.model.feature_memory import FeatureMemory
-from gumbel_analysis.model.heads import BoxPredictor, LossRoIHeads
+from gumbel_analysis.model.heads import BoxPredictor, DecoupledBoxHead, LossRoIHeads
 from gumbel_analysis.model.mask_predictor import CosineConv1x1
 from gumbel_analysis.model.roi_align import GatherMultiScaleRoIAlign
 from gumbel_analysis.spec.presets import BASIC_BLOCK_DEPTHS, PRESETS, Preset
@@ -139,6 +139,8 @@ def build_model(
     preset = get_preset(preset)
     if loss.num_classes != num_classes:
         raise ValueError(f"the loss has {loss.num_classes} classes, the model {num_classes}")
+    if preset.decoupled_box_head and loss.adjusts_logits:
+        raise InputError(f"--preset {preset.name}: --loss {loss.name} needs the shared box head")
     state = read_weights(weights) if weights is not None else None
     backbone = build_backbone(preset, pretrained=state is not None)
     channels = preset.fpn_channels
@@ -161,9 +163,13 @@ def build_model(
         box_roi_pool=GatherMultiScaleRoIAlign(
             preset.featmap_names, output_size=7, sampling_ratio=preset.roi_sampling_ratio
         ),
-        box_head=TwoMLPHead(channels * 7**2, preset.box_representation_size),
-        box_predictor=(DisAlignBoxPredictor if loss.adjusts_logits else BoxPredictor)(
-            preset.box_representation_size, loss
+        box_head=_box_head(preset),
+        box_predictor=(
+            DisAlignBoxPredictor(preset.box_representation_size, loss)
+            if loss.adjusts_logits
+            else BoxPredictor(
+                preset.box_representation_size, loss, decoupled=preset.decoupled_box_head
+            )
         ),
         mask_roi_pool=GatherMultiScaleRoIAlign(
             preset.featmap_names,
@@ -206,6 +212,12 @@ def build_model(
     if loss.adjusts_logits:  # DisAlign's second stage: the first stage's model, frozen
         freeze_all_but_the_alignment(model)
     return model
+
+
+def _box_head(preset: Preset) -> nn.Module:
+    """torchvision's ``TwoMLPHead`` on the 7 x 7 pooled features, or two of them (decoupled)."""
+    head = DecoupledBoxHead if preset.decoupled_box_head else TwoMLPHead
+    return head(preset.fpn_channels * 7**2, preset.box_representation_size)
 
 
 def _mask_predictor(preset: Preset, num_classes: int, enh: bool) -> nn.Module:

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.hooks import RemovableHandle
+from torchvision.models.detection.faster_rcnn import TwoMLPHead
 from torchvision.models.detection.roi_heads import RoIHeads, project_masks_on_boxes
 from torchvision.ops import boxes as box_ops
 
@@ -48,10 +49,20 @@ def to_loss_labels(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
 class BoxPredictor(nn.Module):
     """Classifier with ``loss.num_outputs`` columns, initialised by the loss, and class-specific
     box regression with ``4 C`` outputs (normal, std 0.001, as detectron2 and mmdetection), or
-    ``class_agnostic`` 4 (a cascade's stages)."""
+    ``class_agnostic`` 4 (a cascade's stages).
 
-    def __init__(self, in_channels: int, loss: ClassificationLoss, class_agnostic: bool = False):
+    ``decoupled``: the input is a :class:`DecoupledBoxHead`'s two representations side by side
+    (``2 in_channels``); the classifier reads the first, the regressor the second."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        loss: ClassificationLoss,
+        class_agnostic: bool = False,
+        decoupled: bool = False,
+    ):
         super().__init__()
+        self.decoupled = decoupled
         self.cls_score = nn.Linear(in_channels, loss.num_outputs)
         self.bbox_pred = nn.Linear(in_channels, 4 if class_agnostic else loss.num_classes * 4)
         loss.init_classifier(self.cls_score)
@@ -60,7 +71,26 @@ class BoxPredictor(nn.Module):
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         x = x.flatten(start_dim=1)
+        if self.decoupled:
+            for_classes, for_boxes = x.chunk(2, dim=1)
+            return self.cls_score(for_classes), self.bbox_pred(for_boxes)
         return self.cls_score(x), self.bbox_pred(x)
+
+
+class DecoupledBoxHead(nn.Module):
+    """Two box heads on the same pooled RoI features, one for the classifier and one for the
+    regressor (a diagnostic layout, not the paper's: Mask R-CNN shares one ``TwoMLPHead``
+    between the two, so the classification loss's gradients shape the features the regressor
+    reads). The output is the two representations concatenated, for a ``decoupled``
+    :class:`BoxPredictor`."""
+
+    def __init__(self, in_channels: int, representation_size: int) -> None:
+        super().__init__()
+        self.cls_head = TwoMLPHead(in_channels, representation_size)
+        self.reg_head = TwoMLPHead(in_channels, representation_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.cat([self.cls_head(x), self.reg_head(x)], dim=1)
 
 
 def matched_instances(

@@ -76,6 +76,10 @@ class Preset:
     #: Hybrid Task Cascade: the cascade with a mask stage after each box stage and the mask
     #: information flow (``model/cascade.py``, ``HTCRoIHeads``).
     htc: bool = False
+    #: The classifier and the box regressor each on a box head of its own instead of one shared
+    #: ``TwoMLPHead`` (``model/heads.py: DecoupledBoxHead``): a diagnostic layout (issue 21,
+    #: docs/reproduce.md), not the paper's; Mask R-CNN only.
+    decoupled_box_head: bool = False
     #: Training and test defaults (the paper's r50/r101 recipe unless the preset says otherwise:
     #: batch 16 over 8 GPUs, 500 warm-up iterations).
     recipe: Recipe = field(default_factory=Recipe)
@@ -93,6 +97,8 @@ class Preset:
             raise ValueError("cascade_stages must lie in 0..3")
         if self.htc and not self.cascade_stages:
             raise ValueError("htc needs cascade_stages")
+        if self.decoupled_box_head and self.cascade_stages:
+            raise ValueError("decoupled_box_head is for Mask R-CNN's single box head")
 
     @property
     def featmap_names(self) -> list[str]:
@@ -132,6 +138,10 @@ PRESETS: dict[str, Preset] = {
     # Table 3's ResNeXt-101 32x8d: the same recipe, torchvision's resnext101_32x8d.
     "x101-fpn": Preset(name="x101-fpn", backbone="resnext101_32x8d"),
 }
+# The tiny preset with the classifier and the regressor on separate box heads: the box-AP
+# diagnosis of docs/reproduce.md (does the classification loss's gradient, through the shared
+# head, cost the regressor?).
+PRESETS["tiny-decoupled"] = replace(PRESETS["tiny"], name="tiny-decoupled", decoupled_box_head=True)
 # Table 3's Cascade Mask R-CNN and Hybrid Task Cascade: three stages on each backbone (tiny: on
 # the CPU).
 PRESETS.update(
