@@ -15,6 +15,12 @@ seeds, df = n - 1):
   the classifier plays no part: IoU before and after, and the share after at >= 0.75;
 * the gradient split on training batches: the norms of the gradients that the classification
   loss and the box-regression loss send into the box head's shared representation.
+
+With ``--decoupled DIR`` (the same configurations and seeds trained with ``--preset
+tiny-decoupled`` into ``DIR/runs/{config}-decoupled-1x-s{seed}``, e.g. by ``gumbel train``) it also
+prints the causal test: each configuration's difference against the first one with the shared box
+head and with separate heads, and the change between the two (the interaction, paired t over the
+seeds that all four runs share).
 """
 
 from __future__ import annotations
@@ -134,6 +140,64 @@ def flatten(measured: dict) -> dict[str, float]:
     return flat
 
 
+INTERACTION_METRICS = {
+    "box AP": "APb",
+    "box AP50": "bbox/AP50",
+    "box AP75": "bbox/AP75",
+    "box APr": "bbox/APr",
+    "mask AP": "AP",
+    "mask AP75": "AP75",
+    "mask APr": "APr",
+}
+
+
+def run_metrics(out: Path, config: str) -> dict[int, dict]:
+    found = {}
+    for path in sorted((out / "runs").glob(f"{config}-1x-s*")):
+        match = RUN.match(path.name)
+        if match and match["config"] == config and (path / "metrics.json").is_file():
+            found[int(match["seed"])] = json.loads((path / "metrics.json").read_text())
+    return found
+
+
+def interaction(shared: Path, decoupled: Path, configs: list[str]) -> tuple[Table, dict]:
+    """(config - base) with separate box heads minus (config - base) with the shared head."""
+    base = configs[0]
+    table = Table(title=f"Shared box head ({shared}) against separate heads ({decoupled})")
+    table.add_column("measure")
+    report: dict = {}
+    cells: dict[str, list[str]] = {name: [name] for name in INTERACTION_METRICS}
+    for config in configs[1:]:
+        here = {c: run_metrics(shared, c) for c in (base, config)}
+        there = {c: run_metrics(decoupled, f"{c}-decoupled") for c in (base, config)}
+        seeds = sorted(set.intersection(*(set(v) for v in (*here.values(), *there.values()))))
+        if not seeds:  # no separate-head runs of this configuration
+            continue
+        for title in ("shared", "separate", "interaction"):
+            table.add_column(f"Δ {config} {title} (n={len(seeds)})", justify="right")
+        for name, key in INTERACTION_METRICS.items():
+            d_shared = [here[config][s][key] - here[base][s][key] for s in seeds]
+            d_separate = [there[config][s][key] - there[base][s][key] for s in seeds]
+            change = [b - a for a, b in zip(d_shared, d_separate, strict=True)]
+            tested = [
+                stats.paired(d) if len(seeds) >= 2 else None for d in (d_shared, d_separate, change)
+            ]
+            report.setdefault(config, {})[name] = [
+                None if d is None else d.as_dict() for d in tested
+            ]
+            cells[name] += ["" if d is None else format_delta(d) for d in tested]
+    for row in cells.values():
+        table.add_row(*row)
+    return table, report
+
+
+def format_delta(d) -> str:
+    if d.p is None:
+        return f"{d.delta:+.3f}"
+    t = f"{d.t:.2f}" if d.t is not None else ("inf" if d.delta else "undefined")
+    return f"{d.delta:+.3f} ({t}, {d.df:g}, {d.p:.3f})"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out", type=Path)
@@ -141,6 +205,11 @@ def main() -> None:
     parser.add_argument("--train-batches", type=int, default=25)
     parser.add_argument(
         "--cache", type=Path, help="keep each run's measurements in DIR/NAME.json and reuse them"
+    )
+    parser.add_argument(
+        "--decoupled",
+        type=Path,
+        help="a folder of the same runs with --preset tiny-decoupled: print the interaction",
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
@@ -185,16 +254,18 @@ def main() -> None:
             report["differences"].setdefault(config, {})[key] = None if d is None else d.as_dict()
             if d is None:
                 row.append("")
-            elif d.p is None:
-                row.append(f"{d.delta:+.3f}")
             else:
-                t = "inf" if d.t is None else f"{d.t:.2f}"
-                row.append(f"{d.delta:+.3f} ({t}, {d.df:g}, {d.p:.3f})")
+                row.append(format_delta(d))
         table.add_row(*row)
+    tables = [table]
+    if args.decoupled is not None:
+        extra, report["interaction"] = interaction(args.out, args.decoupled, configs)
+        tables.append(extra)
     if args.json:
         print(json.dumps(report, indent=1))
     else:
-        Console(width=150).print(table)
+        for each in tables:
+            Console(width=150).print(each)
 
 
 if __name__ == "__main__":
