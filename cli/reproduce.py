@@ -122,10 +122,11 @@ def reproduce(
     The data is the embedded benchmark (96 classes, 43 rare; made in OUT/data). Runs go to
     OUT/runs/CONFIG-SCHEDULE-sSEED and are shared between items; rerun the command and finished
     runs are skipped, killed ones resumed. Time on 2 CPU cores (tiny preset, float32, --jobs 2:
-    two runs at once, one thread each; bench/reproduce_cost.py, 2026-12-03): a 1x run about 8-10
-    min (RFS about 17 min: its epochs repeat images), a 2x run twice as long; Table 3 with
-    --seeds 3 about 46 min; every item ({every_item}) about 5 hours per seed, 15 hours with
-    --seeds 3 (Table 4's NorCal row adds 8 evaluations per seed to the report, cached).
+    two runs at once, one thread each), measured on 2026-12-07 on an AMD EPYC (Zen 2): a 1x run
+    12-14 min (RFS about twice as long: its epochs repeat images), a 2x run 1.8-1.9 times a 1x
+    run; Table 3 with --seeds 3 67 min; every item ({every_item}) at least 8.5 hours per seed, 25
+    hours with --seeds 3, projected from those runs (a machine with AVX-512 took about 0.7 times
+    as long). Table 4's NorCal row adds 8 evaluations per seed to the report, cached.
     With one job at a time, about 1.3 times as long. The default is Table 3 and Figures 1-3
     ({default_runs} runs).
     """
@@ -207,5 +208,6 @@ def _print_summary(summary: dict) -> None:
     if summary["run_seconds"] is not None:
         console.print(
             f"training and evaluating {summary['runs_timed']} of the {summary['runs']} runs took "
-            f"{summary['run_seconds'] / 60:.1f} min (timings.json)"
+            f"{summary['run_seconds'] / 60:.1f} min of run time, summed over the runs "
+            "(timings.json)"
         )

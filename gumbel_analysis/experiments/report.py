@@ -342,7 +342,8 @@ def render_html(
     if run_seconds is not None:
         timing = (
             f" Training and evaluating {timed} of its {len(plan.runs)} runs took "
-            f"{run_seconds / 60:.1f} min (timings.json; runs trained by other means are not timed)."
+            f"{run_seconds / 60:.1f} min of run time in all, the sum over runs (timings.json; "
+            "runs side by side take less wall time; runs trained by other means are not timed)."
         )
     parts = [
         "<!doctype html><html lang='en'><head><meta charset='utf-8'>",
