@@ -151,13 +151,19 @@ INTERACTION_METRICS = {
 }
 
 
-def run_metrics(out: Path, config: str) -> dict[int, dict]:
+def find_runs(out: Path, config: str, needs: str) -> dict[int, Path]:
+    """Seed -> folder of each run ``out/runs/{config}-1x-s{seed}`` holding the file ``needs``."""
     found = {}
     for path in sorted((out / "runs").glob(f"{config}-1x-s*")):
         match = RUN.match(path.name)
-        if match and match["config"] == config and (path / "metrics.json").is_file():
-            found[int(match["seed"])] = json.loads((path / "metrics.json").read_text())
+        if match and match["config"] == config and (path / needs).is_file():
+            found[int(match["seed"])] = path
     return found
+
+
+def run_metrics(out: Path, config: str) -> dict[int, dict]:
+    runs = find_runs(out, config, "metrics.json")
+    return {seed: json.loads((path / "metrics.json").read_text()) for seed, path in runs.items()}
 
 
 def interaction(shared: Path, decoupled: Path, configs: list[str]) -> tuple[Table, dict]:
@@ -191,7 +197,7 @@ def interaction(shared: Path, decoupled: Path, configs: list[str]) -> tuple[Tabl
     return table, report
 
 
-def format_delta(d) -> str:
+def format_delta(d: stats.Delta) -> str:
     if d.p is None:
         return f"{d.delta:+.3f}"
     t = f"{d.t:.2f}" if d.t is not None else ("inf" if d.delta else "undefined")
@@ -213,13 +219,18 @@ def main() -> None:
     )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    torch.set_num_threads(max(1, torch.get_num_threads()))
+    for folder in (args.out, args.decoupled):
+        if folder is not None and not (folder / "runs").is_dir():
+            parser.error(f"{folder}: no runs/ folder (a gumbel reproduce OUT)")
+    if args.train_batches < 1:
+        parser.error(f"--train-batches: at least 1, got {args.train_batches}")
     configs = [c for c in args.configs.split(",") if c]
-    runs: dict[str, dict[int, Path]] = defaultdict(dict)
-    for path in sorted((args.out / "runs").iterdir()):
-        match = RUN.match(path.name)
-        if match and match["config"] in configs and (path / "model_final.pt").is_file():
-            runs[match["config"]][int(match["seed"])] = path
+    if not configs:
+        parser.error("--configs: name at least one configuration")
+    runs = {config: find_runs(args.out, config, "model_final.pt") for config in configs}
+    if not runs[configs[0]]:
+        parser.error(f"--configs: no finished run {args.out}/runs/{configs[0]}-1x-sSEED")
+    torch.set_num_threads(max(1, torch.get_num_threads()))
     values: dict[str, dict[int, dict[str, float]]] = defaultdict(dict)
     for config in configs:
         for seed, path in sorted(runs[config].items()):
@@ -230,7 +241,9 @@ def main() -> None:
                 measured = measure_run(path, args.train_batches)
                 if cached is not None:
                     cached.parent.mkdir(parents=True, exist_ok=True)
-                    cached.write_text(json.dumps(measured))
+                    partial = cached.with_name(cached.name + ".partial")
+                    partial.write_text(json.dumps(measured))
+                    partial.replace(cached)  # a killed run leaves no half-written cache entry
             values[config][seed] = flatten(measured)
     base = configs[0]
     keys = list(next(iter(values[base].values())))
