@@ -160,3 +160,22 @@ def test_a_derived_row_is_shown_with_its_measured_seeds_and_judged(tmp_path):
                 measured.add(other, "2x", "AP", seed, 10.0 + seed)
     tests = dict(judge(claim, measured, "2x").tests)
     assert tests["norcal"].delta == pytest.approx(2.0)  # paired over the 3 seeds
+
+
+def test_a_row_not_run_yet_names_the_activation_its_loss_trains_with(tmp_path):
+    """Before any run, the act. column comes from the loss catalogue, not from a run's config:
+    GOL trains with Gumbel, RFS Softmax with Softmax, Sigmoid EQL with Sigmoid."""
+    from gumbel_analysis.experiments.measure import Measured
+    from gumbel_analysis.experiments.report import item_metrics_table
+
+    for key in ("table1", "table2"):
+        item = material.ITEMS[key]
+        plan = Plan(tmp_path, [item], [0, 1, 2], False, [])
+        rows = item_metrics_table(item, Measured(), plan).rows
+        shown = {getattr(row[0], "shown", row[0]): getattr(row[2], "shown", row[2]) for row in rows}
+        assert all(shown.values()), shown
+        if key == "table1":
+            assert shown["RFS"] == "softmax" and shown["RFS + Gumbel"] == "gumbel"
+            assert shown["RFS + Gumbel + Enh + DropLoss (GOL)"] == "gumbel"
+        else:
+            assert shown["EQL / Sigmoid"] == "sigmoid" and shown["EQL / Gumbel"] == "gumbel"

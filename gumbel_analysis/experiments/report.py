@@ -47,6 +47,7 @@ from gumbel_analysis.experiments.tabular import (
 from gumbel_analysis.groups import FREQUENCY_GROUPS, GROUP_NAMES
 from gumbel_analysis.io import atomic_path
 from gumbel_analysis.paper import PAPER_METRICS
+from gumbel_analysis.spec.losses import loss_entry
 
 METRICS = PAPER_METRICS  # AP, APr, APc, APf, APb
 
@@ -101,7 +102,10 @@ def item_metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
         row: list[Any] = [
             config.label,
             config.loss,
-            cfg.get("activation") or config.activation or "",
+            # Rows not run yet show the activation their loss would train with.
+            cfg.get("activation")
+            or config.activation
+            or loss_entry(config.loss).default_activation,
             config.sampler,
             "✓" if config.enh else "",
             state,
