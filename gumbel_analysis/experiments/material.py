@@ -155,6 +155,8 @@ TABLE1_STEPS = (
     ("gol", "gumbel"),
     ("gol-rfs-enh", "gumbel-rfs-enh"),
 )
+
+
 # NorCal: each seed's Softmax (RFS) run calibrated (experiments/norcal.py), not trained.
 NORCAL = _c("norcal", "NorCal (on Softmax, RFS)", "softmax", activation="softmax", sampler="rfs")
 # Table 4: the methods of its ResNet-50 block that the toolkit implements.
@@ -219,7 +221,7 @@ class Item:
 
 
 def _pair(metric: str, better: Config, worse: Config, paper: dict) -> Claim:
-    """ "``better`` > ``worse`` on ``metric``", with what the ``paper`` table has for it."""
+    """The claim that ``better`` beats ``worse`` on ``metric``, with the ``paper`` table's Δ."""
     i = PAPER_METRICS.index(metric)
     delta = f"{paper[better.name][i] - paper[worse.name][i]:+.1f}"
     return Claim(
