@@ -34,7 +34,7 @@ from gumbel_analysis.experiments.claims import (
 from gumbel_analysis.experiments.material import Item
 from gumbel_analysis.experiments.measure import Figure, ItemContext, Measured, measure_runs
 from gumbel_analysis.experiments.reproduce import Plan, data_folder, read_timings
-from gumbel_analysis.experiments.runs import FINISHED
+from gumbel_analysis.experiments.runs import FINISHED, run_activation
 from gumbel_analysis.experiments.tabular import (
     Difference,
     Table,
@@ -47,7 +47,6 @@ from gumbel_analysis.experiments.tabular import (
 from gumbel_analysis.groups import FREQUENCY_GROUPS, GROUP_NAMES
 from gumbel_analysis.io import atomic_path
 from gumbel_analysis.paper import PAPER_METRICS
-from gumbel_analysis.spec.losses import loss_entry
 
 METRICS = PAPER_METRICS  # AP, APr, APc, APf, APb
 
@@ -102,10 +101,8 @@ def item_metrics_table(item: Item, measured: Measured, plan: Plan) -> Table:
         row: list[Any] = [
             config.label,
             config.loss,
-            # Rows not run yet show the activation their loss would train with.
-            cfg.get("activation")
-            or config.activation
-            or loss_entry(config.loss).default_activation,
+            # A row not run yet shows the activation it will train with (its loss's default).
+            run_activation(cfg or {"loss": config.loss, "activation": config.activation}),
             config.sampler,
             "✓" if config.enh else "",
             state,
