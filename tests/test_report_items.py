@@ -116,6 +116,14 @@ def test_a_registered_figure_is_measured_drawn_judged_and_reported(throwaway, tm
     rows = list(csv.DictReader(io.StringIO((out / "tables" / "claims.csv").read_text())))
     assert len(rows) == 1 and rows[0]["item"] == KEY and rows[0]["verdict"] == HOLDS
     assert float(rows[0]["p"]) == pytest.approx(claim["p"]) and rows[0]["df"] == "2"
+    # The per-seed values behind it, one line per finished run, in the plan's order.
+    runs = list(csv.DictReader(io.StringIO((out / "tables" / "runs.csv").read_text())))
+    assert [(r["config"], r["seed"]) for r in runs] == [
+        (c, str(s)) for c in ("sigmoid", "gumbel") for s in seeds
+    ]
+    assert [float(r["AP"]) for r in runs] == [AP[s][i] for i in (0, 1) for s in seeds]
+    assert runs[0]["run"] == "sigmoid-1x-quick-s0" and runs[0]["schedule"] == "1x"
+    assert runs[0]["seconds"] == "" and runs[0]["APr"] == ""  # not timed; not measured
     md = (out / "tables" / f"{KEY}.md").read_text()
     assert md.startswith(f"# {throwaway.title}\n") and f"--only {KEY} --seeds 3" in md
     assert "| Gumbel | 121.0 ± 9.5 |" in md and "Ten times AP." in md

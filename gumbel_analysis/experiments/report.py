@@ -1,6 +1,7 @@
 """The report of ``gumbel reproduce``: per item its table, figures and claims, written as
 
     OUT/tables/{item}.md and .csv     the table (mean ± sample std over seeds) and its claims
+    OUT/tables/runs.csv               every finished run's own metrics, one line per seed
     OUT/figures/figure_*.png          the figures
     OUT/report.html                   all of it, self-contained (images embedded)
 
@@ -175,6 +176,31 @@ def claims_csv(sections: list[Section]) -> str:
     return buffer.getvalue()
 
 
+#: The columns of OUT/tables/runs.csv before the metrics.
+RUN_FIELDS = ("run", "config", "schedule", "seed", "seconds")
+
+
+def runs_csv(plan: Plan, measured: Measured) -> str:
+    """Every finished run of the plan, one line each: its folder's name, configuration,
+    schedule, seed, training wall time (timings.json; empty if not timed) and metrics, so the
+    per-seed values behind the tables and the tests outlive the run folders."""
+    timings = read_timings(plan.out)
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow((*RUN_FIELDS, *METRICS))
+    for planned in plan.runs:
+        run = measured.finished(planned.config.name, planned.schedule).get(planned.run.seed)
+        if run is None or run.path.resolve() != planned.run.path.resolve():
+            continue
+        values = [(run.metrics or {}).get(m) for m in METRICS]
+        fields = (planned.run.name, planned.config.name, planned.schedule, planned.run.seed)
+        writer.writerow(
+            [*map(csv_value, fields), csv_value(timings.get(planned.run.name))]
+            + [csv_value(float(v)) if isinstance(v, int | float) else "" for v in values]
+        )
+    return buffer.getvalue()
+
+
 def _schedule_words(item: Item, plan: Plan) -> str:
     if plan.quick:
         return (
@@ -233,7 +259,7 @@ def _write_text(path: Path, text: str) -> None:
 def write_report(plan: Plan, total_seconds: float | None = None) -> dict[str, Any]:
     """Write the tables, figures and report.html; return a summary (paths, verdicts)."""
     out = plan.out
-    sections, _ = build_sections(plan, out / "figures")
+    sections, measured = build_sections(plan, out / "figures")
     tables_dir = out / "tables"
     tables_dir.mkdir(parents=True, exist_ok=True)
     for section in sections:
@@ -244,6 +270,7 @@ def write_report(plan: Plan, total_seconds: float | None = None) -> dict[str, An
         _write_text(tables_dir / f"{section.item.key}.md", "\n".join(md))
         _write_text(tables_dir / f"{section.item.key}.csv", to_csv(section.table))
     _write_text(tables_dir / "claims.csv", claims_csv(sections))
+    _write_text(tables_dir / "runs.csv", runs_csv(plan, measured))
     timed, run_seconds = _timed_runs(plan)
     report = out / "report.html"
     _write_text(report, render_html(plan, sections, total_seconds, timed, run_seconds))
