@@ -398,3 +398,37 @@ def test_each_tables_command_says_amp_when_its_runs_used_it(tmp_path, amp):
     command = command_of(item, Plan(tmp_path, [item], [0, 1], False, runs))
     assert command.startswith(f"gumbel reproduce --out {tmp_path} --only table3 --seeds 2")
     assert command.endswith("--amp") == bool(amp)
+
+
+def test_timings_of_two_reproduce_processes_on_one_out_are_both_kept(tmp_path):
+    """Two `gumbel reproduce` on one OUT (their runs locked apart) each time runs: the file
+    keeps both processes' entries, where each used to write back only what it had read."""
+    from gumbel_analysis.experiments.plan import PlannedRun
+    from gumbel_analysis.experiments.reproduce import (
+        TIMINGS,
+        Plan,
+        Planned,
+        carry_out,
+        read_timings,
+    )
+
+    class Finishes:
+        """A launcher that 'trains' each run in 5 s while the other process times one too."""
+
+        def run(self, runs, done):
+            for i, run in enumerate(runs):
+                other = read_timings(tmp_path) | {f"other-s{i}": 7.0}
+                (tmp_path / TIMINGS).write_text(json.dumps(other))
+                run.status, run.seconds = "finished", 5.0
+                done(i, run)
+            return True
+
+    (tmp_path / TIMINGS).write_text(json.dumps({"earlier": 3.0}))
+    runs = [
+        Planned(material.GUMBEL, "1x", 1, PlannedRun(tmp_path / f"g-s{s}", {}, "train", "new", s))
+        for s in (0, 1)
+    ]
+    assert carry_out(Plan(tmp_path, [], [0, 1], False, runs), launcher=Finishes(), progress=False)
+    assert read_timings(tmp_path) == {
+        "earlier": 3.0, "other-s0": 7.0, "other-s1": 7.0, "g-s0": 5.0, "g-s1": 5.0,
+    }  # fmt: skip

@@ -229,7 +229,9 @@ def carry_out(
         planned = plan.runs[i]
         fresh = planned.run.action in ("train", "restart")
         if fresh and run.status == FINISHED and run.seconds is not None:
-            timings[run.name] = round(run.seconds, 1)
+            # Merged into what the file holds now: another reproduce on the same OUT (its runs
+            # are locked apart) may have timed runs since this one read it.
+            timings.update(read_timings(plan.out) | {run.name: round(run.seconds, 1)})
             _write_timings(plan.out, timings)
         if bar is not None:
             bar.advance(task)
