@@ -190,7 +190,7 @@ def runs_csv(plan: Plan, measured: Measured) -> str:
     writer.writerow((*RUN_FIELDS, *METRICS))
     for planned in plan.runs:
         run = measured.finished(planned.config.name, planned.schedule).get(planned.run.seed)
-        if run is None or run.path.resolve() != planned.run.path.resolve():
+        if run is None:
             continue
         values = [(run.metrics or {}).get(m) for m in METRICS]
         fields = (planned.run.name, planned.config.name, planned.schedule, planned.run.seed)
